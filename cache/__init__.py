@@ -1,0 +1,17 @@
+"""Versioned, sharded, resumable HDF5 feature cache (format: cache/README.md). numpy + h5py only."""
+from .errors import (CacheBusyError, CacheChecksumError, CacheError, CacheIncompleteError, CacheInputError,
+                     CacheMissingShardError, CacheNonFiniteError, CacheNotFoundError, CacheSettingsError,
+                     CacheVersionError)
+from .format import FORMAT_VERSION, rank_block
+from .head import Head
+from .merge import merge_ranks
+from .reader import FeatureCache, VerifyResult, open_cache
+from .tokens import TokenBatch, TokenStream
+from .writer import CacheWriter
+
+__all__ = [
+    "FORMAT_VERSION", "CacheWriter", "open_cache", "FeatureCache", "TokenBatch", "TokenStream", "Head",
+    "VerifyResult", "merge_ranks", "rank_block",
+    "CacheError", "CacheNotFoundError", "CacheVersionError", "CacheIncompleteError", "CacheMissingShardError",
+    "CacheChecksumError", "CacheNonFiniteError", "CacheSettingsError", "CacheBusyError", "CacheInputError",
+]

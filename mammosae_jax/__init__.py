@@ -1,0 +1,27 @@
+"""mammosae_jax: sparse autoencoders on Mammo-CLIP features, in JAX.
+
+`SAE`, `load_sae` and `save_sae` are imported lazily from `mammosae_jax.io`, so that
+`import mammosae_jax` stays cheap (no jax until they are used, never torch).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mammosae_jax.io import SAE, load_sae, save_sae
+
+_LAZY = {"SAE": "mammosae_jax.io", "load_sae": "mammosae_jax.io", "save_sae": "mammosae_jax.io"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

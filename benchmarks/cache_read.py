@@ -1,0 +1,222 @@
+"""Read throughput of the feature cache: `iter_tokens` vs a plain sequential read vs naive random access.
+
+`python -m benchmarks.cache_read [--gigabytes 0.2] [--out bench_out/cache_read.json] [--workdir DIR]`
+
+Builds a float16 cache of real B5-sized maps (48 x 29 x 2048, 5.7 MB per image) in a temporary
+folder, then, in the same run and on the same (page-cached) files, measures:
+- sequential: every shard file read front to back in 8 MiB blocks (`dd`-style), MB/s of file bytes;
+- tokens: one epoch of `iter_tokens(4096, ...)` (shuffled, float32 batches), MB/s of stored
+  feature bytes delivered, for epoch 0 (includes the one-time sha256 + NaN checks) and the best
+  of the next `repeats` epochs (the sequential read is also the best of `repeats`);
+- naive: a per-token random-access loader (`features[i, h, w]` through h5py, the way a
+  map-style token Dataset reads), run for a bounded number of tokens and extrapolated;
+- peak resident memory while streaming (Linux VmHWM, reset before the stream).
+Targets: tokens (epoch 1) >= 70 % of sequential; peak RSS < 1 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GRID = (48, 29)
+DIM = 2048
+_MB = 1e6
+
+
+def _rss_reset() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build_cache(path: Path, n_images: int, shard_size: int, seed: int = 0) -> None:
+    """Write n_images random B5-shaped feature maps (one image at a time: little memory)."""
+    from tqdm import tqdm
+
+    from cache import CacheWriter
+    rng = np.random.default_rng(seed)
+    with CacheWriter(path, grid=GRID, dim=DIM, dtype="float16", label_names=["Mass"], shard_size=shard_size,
+                     encoder={"arch": "synthetic"}, overwrite=True) as w:
+        for i in tqdm(range(n_images), desc="build cache", unit="img"):
+            x = rng.random((1, *GRID, DIM), dtype=np.float32) * 4.0
+            w.add(x, patient_id=[f"p{i // 4}"], image_id=[f"{i}.png"], split=["training"],
+                  labels=np.array([[i % 2]]))
+
+
+def sequential_read(files: list[Path], block: int = 8 << 20) -> tuple[int, float, float]:
+    """Bytes, wall seconds and CPU seconds to read the files front to back."""
+    buf = bytearray(block)
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while k := f.readinto(buf):
+                n += k
+    return n, time.perf_counter() - t0, time.process_time() - c0
+
+
+def token_epoch(c, epoch: int, batch_size: int, seed: int, buffer_mb: float, as_stored: bool = False) -> tuple[int, float, float]:
+    """Stored feature bytes delivered, wall and CPU seconds (all threads) for one epoch of iter_tokens."""
+    n_tok, t0, c0 = 0, time.perf_counter(), time.process_time()
+    with c.iter_tokens(batch_size, seed=seed, epoch=epoch, buffer_mb=buffer_mb, as_stored=as_stored) as stream:
+        for b in stream:
+            n_tok += len(b.tokens)
+    return n_tok * c.dim * c.dtype.itemsize, time.perf_counter() - t0, time.process_time() - c0
+
+
+def naive_random_access(c, n_tokens: int, seed: int) -> tuple[int, float, float]:
+    """Per-token h5py reads in random order (what a map-style token Dataset does)."""
+    import h5py
+    rng = np.random.default_rng(seed)
+    H, W = c.grid
+    img = rng.integers(0, len(c), n_tokens)
+    pos = rng.integers(0, H * W, n_tokens)
+    starts = np.concatenate([[0], np.cumsum([s["n_images"] for s in c.manifest["shards"]])])
+    files = [h5py.File(c.path / s["file"], "r") for s in c.manifest["shards"]]
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        for i, p in zip(img, pos):
+            k = int(np.searchsorted(starts, i, side="right") - 1)
+            _ = files[k]["features"][int(i - starts[k]), p // W, p % W].astype(np.float32)
+    finally:
+        for f in files:
+            f.close()
+    return n_tokens * c.dim * c.dtype.itemsize, time.perf_counter() - t0, time.process_time() - c0
+
+
+def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, naive_tokens: int = 3000,
+        seed: int = 0, repeats: int = 2, buffer_mb: float = 64, workdir: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict:
+    """Build a cache of about `gigabytes` (float16) and measure the three readers; returns the numbers."""
+    from cache import open_cache
+    image_bytes = GRID[0] * GRID[1] * DIM * 2
+    n_images = max(2, int(round(gigabytes * 1e9 / image_bytes)))
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / "cache"
+        t0 = time.perf_counter()
+        build_cache(path, n_images, shard_size, seed)
+        build_s = time.perf_counter() - t0
+        c = open_cache(path)
+        files = [path / s["file"] for s in c.manifest["shards"]]
+        sequential_read(files)  # warm the page cache so that every reader sees the same state
+        best = lambda runs: min(runs, key=lambda r: r[1])  # noqa: E731 - best wall time of repeats
+        m = {"sequential": best(sequential_read(files) for _ in range(repeats))}
+        rss_reset = _rss_reset()
+        rss_before = _rss_peak_bytes()
+        m["tokens_epoch0"] = token_epoch(c, 0, batch_size, seed, buffer_mb)
+        m["tokens"] = best(token_epoch(c, e, batch_size, seed, buffer_mb) for e in range(1, 1 + repeats))
+        m["tokens_as_stored"] = best(token_epoch(c, e, batch_size, seed, buffer_mb, True) for e in range(1, 1 + repeats))
+        rss_peak = _rss_peak_bytes()
+        m["naive"] = naive_random_access(c, naive_tokens, seed)
+        file_bytes = sum(p.stat().st_size for p in files)
+    mbps = {k: v[0] / v[1] / _MB for k, v in m.items()}
+    seq, tok0, tok1, raw, naive = (mbps[k] for k in ("sequential", "tokens_epoch0", "tokens", "tokens_as_stored", "naive"))
+    result = {
+        "n_images": n_images, "cache_bytes": file_bytes, "batch_size": batch_size, "shard_size": shard_size,
+        "build_s": build_s,
+        "buffer_mb": buffer_mb,
+        "sequential_MBps": seq, "tokens_epoch0_MBps": tok0, "tokens_MBps": tok1,
+        "tokens_as_stored_MBps": raw, "naive_MBps": naive,
+        "tokens_per_s": m["tokens"][0] / (DIM * 2) / m["tokens"][1],
+        "MB_per_cpu_s": {k: v[0] / v[2] / _MB if v[2] > 0 else None for k, v in m.items()},
+        "wall_s": {k: v[1] for k, v in m.items()}, "cpu_s": {k: v[2] for k, v in m.items()},
+        "peak_rss_bytes": rss_peak, "rss_before_stream_bytes": rss_before, "rss_peak_reset": rss_reset,
+        "ratios": {
+            "tokens_vs_sequential": {"value": tok1 / seq, "target": 0.7, "higher_is_better": True,
+                                     "what": "iter_tokens MB/s (after the first epoch) / sequential file read MB/s"},
+            "tokens_vs_sequential_first_epoch": {"value": tok0 / seq, "target": None, "higher_is_better": True,
+                                                 "what": "as above, epoch 0 (one-time sha256 + NaN checks)"},
+            "tokens_as_stored_vs_sequential": {"value": raw / seq, "target": None, "higher_is_better": True,
+                                               "what": "as above with as_stored=True (float16 batches, no cast)"},
+            "tokens_vs_sequential_cpu": {"value": (m["tokens"][0] / m["tokens"][2]) / (m["sequential"][0] / m["sequential"][2]),
+                                         "target": None, "higher_is_better": True,
+                                         "what": "MB per CPU-second, tokens / sequential (less sensitive to a busy machine)"},
+            "tokens_vs_naive": {"value": tok1 / naive, "target": None, "higher_is_better": True,
+                                "what": "iter_tokens MB/s / per-token random-access MB/s"},
+            "peak_rss_GB": {"value": rss_peak / 1e9, "target": 1.0, "higher_is_better": False,
+                            "what": "peak resident memory while streaming the epochs"},
+        },
+    }
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_name(out.name + ".tmp")
+        tmp_out.write_text(json.dumps(result, indent=2))
+        os.replace(tmp_out, out)
+    return result
+
+
+def format_table(r: dict) -> str:
+    """The measured rates as a small text table."""
+    rows = [("reader", "MB/s", "vs sequential"),
+            ("sequential file read (dd-style)", f"{r['sequential_MBps']:.0f}", "1.00"),
+            ("iter_tokens, epoch 0 (verifies)", f"{r['tokens_epoch0_MBps']:.0f}",
+             f"{r['tokens_epoch0_MBps'] / r['sequential_MBps']:.2f}"),
+            ("iter_tokens, later epochs", f"{r['tokens_MBps']:.0f}", f"{r['tokens_MBps'] / r['sequential_MBps']:.2f}"),
+            ("iter_tokens, as_stored (float16)", f"{r['tokens_as_stored_MBps']:.0f}",
+             f"{r['tokens_as_stored_MBps'] / r['sequential_MBps']:.2f}"),
+            ("naive per-token random access", f"{r['naive_MBps']:.1f}", f"{r['naive_MBps'] / r['sequential_MBps']:.4f}")]
+    w = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(w[i]) if i == 0 else cell.rjust(w[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    cpu = r["MB_per_cpu_s"]
+    lines.append(f"MB per CPU-second: sequential {cpu['sequential']:.0f}, iter_tokens {cpu['tokens']:.0f}, "
+                 f"as_stored {cpu['tokens_as_stored']:.0f}")
+    lines.append(f"cache {r['cache_bytes'] / 1e9:.2f} GB ({r['n_images']} images), batch {r['batch_size']}, "
+                 f"shuffle buffer {r['buffer_mb']:g} MB, "
+                 f"peak RSS while streaming {r['peak_rss_bytes'] / 1e9:.2f} GB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gigabytes", type=float, default=0.2, help="cache size to build (default 0.2)")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--shard-size", type=int, default=16, help="images per shard")
+    parser.add_argument("--buffer-mb", type=float, default=64,
+                        help="iter_tokens shuffle buffer (default 64, below the cache size so eviction is measured)")
+    parser.add_argument("--naive-tokens", type=int, default=3000, help="tokens read by the naive loader")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many sequential reads / later epochs")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to build the temporary cache")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/cache_read.json"))
+    args = parser.parse_args(argv)
+    if args.gigabytes <= 0 or args.buffer_mb <= 0 or min(args.batch_size, args.shard_size, args.naive_tokens, args.repeats) < 1:
+        print("error: --gigabytes, --buffer-mb, --batch-size, --shard-size, --naive-tokens and --repeats must be positive",
+              file=sys.stderr)
+        return 2
+    from cache import CacheError
+    try:
+        result = run(gigabytes=args.gigabytes, batch_size=args.batch_size, shard_size=args.shard_size,
+                     naive_tokens=args.naive_tokens, seed=args.seed, repeats=args.repeats, buffer_mb=args.buffer_mb,
+                     workdir=args.workdir,
+                     out=args.out)
+    except (CacheError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    print(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

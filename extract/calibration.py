@@ -1,0 +1,62 @@
+"""Random-weight encoder that still carries image content: re-initialise, then calibrate BatchNorm.
+
+A default-initialised EfficientNet in eval mode shrinks the signal at every layer (running
+variance 1, conv gain < 1) and its head output is ~1e-12. Re-estimating every BatchNorm's running
+statistics on real images (cumulative average, a few train-mode passes without gradients) makes
+each layer unit-scale again, so the features are O(1) and differ between images.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+from efficientnet_pytorch import EfficientNet
+
+from extract.encoder import reinitialise
+
+RANDOM_WEIGHTS_LABEL = "random (not Mammo-CLIP)"
+
+
+class CalibrationReport(NamedTuple):
+    """What calibration saw: number of batches and images used."""
+
+    n_batches: int
+    n_images: int
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: EfficientNet, batches: Iterable[torch.Tensor]) -> CalibrationReport:
+    """Replace every BatchNorm's running statistics by their cumulative average over `batches`.
+
+    Only the BatchNorm layers are put in train mode, so drop-connect stays off and the result
+    is deterministic. The model is returned to eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved_momentum = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all calibration batches
+        m.train()
+    n_batches = n_images = 0
+    try:
+        for x_BCHW in batches:
+            model.extract_features(x_BCHW)
+            n_batches += 1
+            n_images += int(x_BCHW.shape[0])
+    finally:
+        for m, momentum in zip(norms, saved_momentum):
+            m.momentum = momentum
+        model.eval()
+    if n_batches == 0:
+        raise ValueError("BatchNorm calibration needs at least one batch of images")
+    return CalibrationReport(n_batches, n_images)
+
+
+def random_calibrated_encoder(
+    model: EfficientNet, seed: int, batches: Iterable[torch.Tensor]
+) -> CalibrationReport:
+    """Re-initialise `model` deterministically from `seed` and calibrate it on `batches`."""
+    reinitialise(model, seed)
+    return calibrate_batchnorm(model, batches)

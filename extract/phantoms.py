@@ -1,0 +1,498 @@
+"""Synthetic mammograms ("phantoms") in the VinDr layout: the embedded default data set.
+
+    python -m extract.phantoms --out DIR --n-images 400 --seed 0 [--height 1520 --width 912]
+
+writes ``DIR/images_png/<patient_id>/<image_id>`` (8-bit grey PNG),
+``DIR/vindr_detection_v1_folds.csv`` (the 33 VinDr columns, one row per finding) and
+``DIR/phantoms.json`` (the generator settings). Each patient has four images (CC and MLO of
+both breasts), so ``--n-images`` is rounded up to a multiple of 4. A lesion belongs to a breast
+and shows in both of its views. Every random draw comes from a seed derived from
+(``--seed``, patient, breast, view), so the same arguments give byte-identical files, and a
+smaller run is a prefix of a larger one (apart from the split, which is drawn over all patients).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from extract.phantom_png import encode_png_gray8, write_bytes_atomic
+from extract.phantom_render import (
+    REFERENCE_WIDTH, BreastShape, CalcCluster, CoarseCalc, ImageSpec, Mass, Vessel, edge_x, pectoral_x, render,
+)
+from extract.vindr import DENSITY_NAMES, FINDING_COLUMNS, NO_FINDING, VINDR_COLUMNS
+
+CSV_NAME = "vindr_detection_v1_folds.csv"
+IMAGES_DIRNAME = "images_png"
+SETTINGS_NAME = "phantoms.json"
+VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
+"""The four images of a patient, in CSV order."""
+MASS_SHAPES = ("round", "oval", "irregular", "spiculated")
+
+
+class PhantomError(ValueError):
+    """Bad generator settings (reported by the CLI as one ``error:`` line)."""
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Settings of a phantom data set; every field is also a CLI flag."""
+
+    n_images: int = 400
+    """Images requested; rounded up to a multiple of 4 (two views of two breasts per patient)."""
+    seed: int = 0
+    """Master seed; image seeds derive from (seed, patient, breast, view)."""
+    height: int = 1520
+    """PNG height in pixels (the public VinDr conversion is 1520 x 912)."""
+    width: int = 912
+    """PNG width in pixels. Lesion sizes scale with it; calcification specks stay >= 1 px."""
+    mass_prevalence: float = 0.25
+    """Probability that a breast has a mass (shown in both of its views)."""
+    calc_prevalence: float = 0.25
+    """Probability that a breast has a suspicious calcification cluster (independent of masses)."""
+    coarse_calc_rate: float = 0.4
+    """Probability that a breast has benign coarse calcifications (look-alikes, BI-RADS 2)."""
+    crossing_rate: float = 0.5
+    """Probability that a view has bright vessel crossings (look-alikes)."""
+    lesion_contrast: float = 1.0
+    """Multiplier on the added intensity of masses and suspicious specks."""
+    noise: float = 1.0
+    """Standard deviation of the per-pixel quantum noise, in grey levels."""
+    test_fraction: float = 0.2
+    """Fraction of patients in the ``test`` split (at least one of each split if 2+ patients)."""
+    density_probs: tuple[float, float, float, float] = (0.15, 0.3, 0.35, 0.2)
+    """Probabilities of BI-RADS density A, B, C, D (per patient)."""
+    orig_height: int = 3518
+    """``height`` column: the original (DICOM) frame the ``xmin..ymax`` boxes refer to."""
+    orig_width: int = 2800
+    """``width`` column of the original frame."""
+    n_folds: int = 5
+    """``fold`` column: patient index modulo this."""
+
+    @property
+    def n_patients(self) -> int:
+        return math.ceil(self.n_images / 4)
+
+    def validate(self) -> None:
+        """Raise ``PhantomError`` for settings that cannot give a sensible data set."""
+        if self.n_images < 1:
+            raise PhantomError(f"--n-images must be >= 1, got {self.n_images}")
+        if self.seed < 0:
+            raise PhantomError(f"--seed must be >= 0, got {self.seed}")
+        if self.height < 32 or self.width < 32:
+            raise PhantomError(f"image size must be at least 32 x 32, got {self.height} x {self.width}")
+        for name in ("mass_prevalence", "calc_prevalence", "coarse_calc_rate", "crossing_rate", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise PhantomError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+        if len(self.density_probs) != 4 or min(self.density_probs) < 0 or sum(self.density_probs) <= 0:
+            raise PhantomError(f"--density-probs needs 4 non-negative numbers, got {self.density_probs}")
+        if self.lesion_contrast <= 0 or self.noise < 0:
+            raise PhantomError("--lesion-contrast must be > 0 and --noise >= 0")
+        if self.orig_height < 1 or self.orig_width < 1 or self.n_folds < 1:
+            raise PhantomError("--orig-height, --orig-width and --n-folds must be positive")
+
+
+# --------------------------------------------------------------------------- random draws
+
+
+def _rng(seed: int, *path: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, *path]))
+
+
+def _hex_id(seed: int, *parts: object) -> str:
+    text = ":".join(str(p) for p in ("phantom", seed, *parts))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class MassDraw:
+    """View-independent attributes of a breast's mass (position and rotation are per view)."""
+
+    kind: str  # one of MASS_SHAPES
+    radius: float  # fraction of W (diameter 4-12 % of the width)
+    aspect: float
+    harmonics: tuple[tuple[float, float], ...]
+    edge: float
+    amp: float
+    spicules: tuple[tuple[float, float], ...]
+    spicule_width: float
+
+
+@dataclass(frozen=True)
+class ClusterDraw:
+    """View-independent layout of a breast's calcification cluster."""
+
+    offsets_ref: tuple[tuple[float, float], ...]  # speck offsets in reference (912-wide) pixels
+    sizes: tuple[float, ...]  # speck diameters, reference pixels
+    amps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BreastPlan:
+    """Breast-level draws shared by the CC and MLO views."""
+
+    depth: float
+    mass: MassDraw | None
+    cluster: ClusterDraw | None
+    coarse: bool  # benign coarse calcifications present
+    mass_birads: int
+    calc_birads: int
+
+    @property
+    def birads(self) -> int:
+        """``breast_birads``: the highest finding category, else 2 with coarse calcifications, else 1."""
+        findings = [b for b, present in ((self.mass_birads, self.mass), (self.calc_birads, self.cluster)) if present]
+        return max(findings) if findings else (2 if self.coarse else 1)
+
+
+def plan_breast(config: PhantomConfig, patient: int, side: int) -> BreastPlan:
+    """Draw whether a breast has a mass / cluster / coarse calcifications, and their attributes."""
+    rng = _rng(config.seed, patient, side)
+    has_mass = rng.random() < config.mass_prevalence
+    has_calc = rng.random() < config.calc_prevalence
+    coarse = bool(rng.random() < config.coarse_calc_rate)
+    depth = rng.uniform(0.5, 0.8)
+    mass_birads = int(rng.choice([3, 4, 5], p=[0.35, 0.45, 0.2]))
+    calc_birads = int(rng.choice([4, 5], p=[0.75, 0.25]))
+    mass = _draw_mass(rng, config.lesion_contrast) if has_mass else None
+    cluster = _draw_cluster(rng, config.lesion_contrast) if has_calc else None
+    return BreastPlan(depth, mass, cluster, coarse, mass_birads, calc_birads)
+
+
+def _draw_mass(rng: np.random.Generator, contrast: float) -> MassDraw:
+    kind = MASS_SHAPES[int(rng.integers(len(MASS_SHAPES)))]
+    harm_amp = {"round": 0.02, "oval": 0.03, "irregular": 0.13, "spiculated": 0.07}[kind]
+    harmonics = tuple((float(rng.uniform(0.3, 1.0) * harm_amp), float(rng.uniform(0, 2 * np.pi))) for _ in range(4))
+    aspect = {"round": (0.9, 1.0), "oval": (0.55, 0.8), "irregular": (0.7, 1.0), "spiculated": (0.75, 1.0)}[kind]
+    edge = {"round": (0.06, 0.12), "oval": (0.06, 0.12), "irregular": (0.12, 0.25), "spiculated": (0.1, 0.2)}[kind]
+    spicules: tuple[tuple[float, float], ...] = ()
+    if kind == "spiculated":
+        n = int(rng.integers(8, 19))
+        spicules = tuple((float(a), float(ln)) for a, ln in zip(rng.uniform(0, 2 * np.pi, n), rng.uniform(0.4, 1.2, n)))
+    return MassDraw(
+        kind=kind,
+        radius=float(rng.uniform(0.02, 0.06)),
+        aspect=float(rng.uniform(*aspect)),
+        harmonics=harmonics,
+        edge=float(rng.uniform(*edge)),
+        amp=float(rng.uniform(0.16, 0.26) * contrast),
+        spicules=spicules,
+        spicule_width=float(rng.uniform(1.0, 2.0)),
+    )
+
+
+def _draw_cluster(rng: np.random.Generator, contrast: float) -> ClusterDraw:
+    n = int(rng.integers(5, 31))
+    spread = rng.uniform(6.0, 16.0)  # reference pixels
+    elong = rng.uniform(1.0, 2.5)
+    angle = rng.uniform(0, np.pi)
+    xy = rng.normal(size=(n, 2)) * np.array([spread * elong, spread / elong])
+    xy = np.clip(xy, -2.5 * spread * elong, 2.5 * spread * elong)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    xy = xy @ rot.T
+    return ClusterDraw(
+        offsets_ref=tuple((float(a), float(b)) for a, b in xy),
+        sizes=tuple(rng.uniform(1.0, 4.0, n).tolist()),
+        amps=tuple((rng.uniform(0.3, 0.5, n) * contrast).tolist()),
+    )
+
+
+def sample_shape(rng: np.random.Generator, view: str, depth: float) -> BreastShape:
+    """Silhouette of one view of a breast whose greatest depth is about ``depth``."""
+    wobble = (float(rng.uniform(0, 0.02)), float(rng.uniform(1, 3)), float(rng.uniform(0, 2 * np.pi)))
+    roundness = float(rng.uniform(0.35, 0.6))
+    if view == "CC":
+        y_peak = float(rng.uniform(0.46, 0.54))
+        half = float(rng.uniform(0.3, 0.42))
+        return BreastShape(
+            "CC", depth * float(rng.uniform(0.95, 1.05)), y_peak,
+            max(y_peak - half * float(rng.uniform(0.9, 1.1)), 0.02),
+            min(y_peak + half * float(rng.uniform(0.9, 1.1)), 0.98),
+            roundness, 0.0, wobble, 0.0, 1.0, 1.0,
+        )
+    y_peak = float(rng.uniform(0.45, 0.6))
+    top_frac = float(rng.uniform(0.3, 0.45))
+    d = depth * float(rng.uniform(0.9, 1.05))
+    return BreastShape(
+        "MLO", d, y_peak, 0.0, min(y_peak + float(rng.uniform(0.28, 0.38)), 0.97),
+        roundness, top_frac, wobble,
+        top_frac * d * float(rng.uniform(0.6, 0.9)), float(rng.uniform(0.3, 0.55)), float(rng.uniform(0.8, 1.3)),
+    )
+
+
+def _place(rng: np.random.Generator, shape: BreastShape, radius: float, aspect: float) -> tuple[float, float]:
+    """A centre (x, y) where a lesion of ``radius`` (fraction of W) lies well inside the breast."""
+    ry = radius / aspect
+    lo_y = shape.y_top + ry + 0.03
+    hi_y = shape.y_bottom - ry - 0.03
+    for _ in range(100):
+        y = float(rng.uniform(lo_y, hi_y)) if hi_y > lo_y else shape.y_peak
+        ys = np.array([y - ry, y, y + ry])
+        lo = max(1.3 * radius, float(pectoral_x(shape, ys).max()) + 1.2 * radius) + 0.02
+        hi = float(edge_x(shape, ys).min()) - 1.5 * radius - 0.02
+        if hi > lo:
+            return float(rng.uniform(lo, hi)), y
+    return float(edge_x(shape, np.array([shape.y_peak]))[0]) * 0.5, shape.y_peak
+
+
+def _vessels(rng: np.random.Generator, shape: BreastShape, aspect: float, crossing_rate: float) -> list[Vessel]:
+    vessels = []
+    for _ in range(int(rng.integers(2, 6))):
+        y0 = float(rng.uniform(shape.y_top + 0.05, shape.y_bottom - 0.05))
+        y2 = float(np.clip(y0 + rng.normal(0, 0.08), shape.y_top + 0.03, shape.y_bottom - 0.03))
+        x0 = float(pectoral_x(shape, np.array([y0]))[0] + rng.uniform(0.01, 0.08))
+        x2 = float(edge_x(shape, np.array([y2]))[0] * rng.uniform(0.5, 0.9))
+        mid = ((x0 + x2) / 2 + float(rng.normal(0, 0.04)), (y0 + y2) / 2 + float(rng.normal(0, 0.04)))
+        vessels.append(Vessel(((x0, y0), mid, (x2, y2)), float(rng.uniform(1.5, 3.0)), float(rng.uniform(0.06, 0.1))))
+    if rng.random() < crossing_rate:
+        for _ in range(int(rng.integers(1, 3))):
+            cx, cy = _place(rng, shape, 0.03, aspect)
+            a1 = float(rng.uniform(0, np.pi))
+            for a in (a1, a1 + float(rng.uniform(0.6, 1.5))):
+                half = float(rng.uniform(0.04, 0.08))
+                dx, dy = half * math.cos(a), half * math.sin(a) / aspect
+                vessels.append(Vessel(((cx - dx, cy - dy), (cx, cy), (cx + dx, cy + dy)),
+                                      float(rng.uniform(1.5, 3.0)), float(rng.uniform(0.1, 0.16))))
+    return vessels
+
+
+def plan_view(config: PhantomConfig, patient: int, side: int, view_index: int, density: int,
+              breast: BreastPlan) -> ImageSpec:
+    """All draws for one image, given its breast's shared draws."""
+    laterality, view = VIEWS[2 * side + view_index]
+    rng = _rng(config.seed, patient, side, view_index)
+    aspect = config.height / config.width
+    shape = sample_shape(rng, view, breast.depth)
+    dense_fraction = float(np.clip((0.1, 0.3, 0.55, 0.8)[density] + rng.uniform(-0.05, 0.05), 0.03, 0.95))
+    coarse_fields = tuple(rng.standard_normal(size).astype(np.float32) for size in ((10, 6), (20, 12), (40, 24)))
+    fine_field = rng.standard_normal((190, 114)).astype(np.float32)
+    vessels = _vessels(rng, shape, aspect, config.crossing_rate)
+    masses, clusters, coarse = [], [], []
+    if breast.mass is not None:
+        m = breast.mass
+        x, y = _place(rng, shape, m.radius * (1 + 4 * max(a for a, _ in m.harmonics)), aspect)
+        masses.append(Mass(x, y, m.radius, m.aspect, float(rng.uniform(0, np.pi)), m.harmonics,
+                           m.edge, m.amp, m.spicules, m.spicule_width))
+    if breast.cluster is not None:
+        c = breast.cluster
+        extent = max(max(abs(a), abs(b)) for a, b in c.offsets_ref) / REFERENCE_WIDTH + 0.01
+        x, y = _place(rng, shape, extent, aspect)
+        offsets = tuple((a / REFERENCE_WIDTH, b / REFERENCE_WIDTH) for a, b in c.offsets_ref)  # fractions of W
+        clusters.append(CalcCluster(x, y, offsets, c.sizes, c.amps))
+    if breast.coarse:
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = _place(rng, shape, 0.015, aspect)
+            lobes = tuple((float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)), float(rng.uniform(2.5, 5.0)))
+                          for _ in range(int(rng.integers(1, 4))))
+            coarse.append(CoarseCalc(x, y, lobes, float(rng.uniform(0.35, 0.6))))
+    return ImageSpec(
+        laterality, shape, dense_fraction, coarse_fields, fine_field, tuple(vessels), tuple(masses),
+        tuple(clusters), tuple(coarse), int(rng.integers(2**63)), config.noise,
+    )
+
+
+# --------------------------------------------------------------------------- data set
+
+
+def assign_test_patients(config: PhantomConfig) -> np.ndarray:
+    """(n_patients,) bool: which patients form the ``test`` split (a seeded permutation)."""
+    n = config.n_patients
+    n_test = int(round(n * config.test_fraction))
+    if n >= 2:
+        n_test = min(max(n_test, 1 if config.test_fraction > 0 else 0), n - 1 if config.test_fraction < 1 else n)
+    order = _rng(config.seed, 2**31 - 1).permutation(n)
+    is_test = np.zeros(n, dtype=bool)
+    is_test[order[:n_test]] = True
+    return is_test
+
+
+def patient_density(config: PhantomConfig, patient: int) -> int:
+    """BI-RADS density class 0..3 of a patient (both breasts)."""
+    probs = np.asarray(config.density_probs, dtype=np.float64)
+    return int(_rng(config.seed, patient).choice(4, p=probs / probs.sum()))
+
+
+def _box_fields(box: tuple[float, float, float, float], sx: float, sy: float) -> dict:
+    resized = [round(v, 2) for v in box]
+    return dict(
+        xmin=round(resized[0] * sx, 2), ymin=round(resized[1] * sy, 2),
+        xmax=round(resized[2] * sx, 2), ymax=round(resized[3] * sy, 2),
+        resized_xmin=resized[0], resized_ymin=resized[1], resized_xmax=resized[2], resized_ymax=resized[3],
+    )
+
+
+def image_rows(base: dict, mass_boxes, calc_boxes, breast: BreastPlan, config: PhantomConfig) -> list[dict]:
+    """CSV rows of one image: one per finding, or a single ``No Finding`` row."""
+    sx, sy = config.orig_width / config.width, config.orig_height / config.height
+    empty_box = {c: np.nan for c in ("xmin", "ymin", "xmax", "ymax",
+                                     "resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax")}
+    labels = {c: 0 for c in FINDING_COLUMNS}
+    findings = [("Mass", b, breast.mass_birads) for b in mass_boxes]
+    findings += [("Suspicious_Calcification", b, breast.calc_birads) for b in calc_boxes]
+    rows = []
+    for column, box, birads in findings:
+        rows.append({**base, **_box_fields(box, sx, sy), **labels, column: 1,
+                     "finding_categories": str([column.replace("_", " ")]),
+                     "finding_birads": f"BI-RADS {birads}"})
+    if not rows:
+        rows.append({**base, **empty_box, **labels, "No_Finding": 1,
+                     "finding_categories": str([NO_FINDING]), "finding_birads": ""})
+    return rows
+
+
+def generate_patient(config: PhantomConfig, patient: int, is_test: bool, out_dir: Path) -> list[dict]:
+    """Draw, render and write the four images of one patient; return their CSV rows."""
+    density = patient_density(config, patient)
+    patient_id = _hex_id(config.seed, patient)
+    series_id = _hex_id(config.seed, patient, "series")
+    rows: list[dict] = []
+    for side in (0, 1):
+        breast = plan_breast(config, patient, side)
+        for view_index in (0, 1):
+            laterality, view = VIEWS[2 * side + view_index]
+            spec = plan_view(config, patient, side, view_index, density, breast)
+            rendered = render(spec, config.height, config.width)
+            image_id = _hex_id(config.seed, patient, side, view_index) + ".png"
+            write_bytes_atomic(out_dir / IMAGES_DIRNAME / patient_id / image_id, encode_png_gray8(rendered.pixels))
+            base = dict(
+                patient_id=patient_id, series_id=series_id, image_id=image_id, laterality=laterality,
+                view=view, height=config.orig_height, width=config.orig_width,
+                breast_birads=f"BI-RADS {breast.birads}", breast_density=DENSITY_NAMES[density],
+                split="test" if is_test else "training", fold=patient % config.n_folds, density=density,
+            )
+            rows += image_rows(base, rendered.mass_boxes, rendered.calc_boxes, breast, config)
+    return rows
+
+
+def _patient_job(args: tuple[PhantomConfig, int, bool, Path]) -> list[dict]:
+    return generate_patient(*args)
+
+
+class GenerateResult(NamedTuple):
+    """What ``generate`` wrote."""
+
+    csv_path: Path
+    images_dir: Path
+    n_images: int
+    n_rows: int
+    seconds: float
+
+
+def generate(config: PhantomConfig, out_dir: str | os.PathLike[str], workers: int = 1,
+             progress: bool = True) -> GenerateResult:
+    """Write the phantom data set to ``out_dir``; the CSV is written last, atomically."""
+    config.validate()
+    if workers < 1:
+        raise PhantomError(f"--workers must be >= 1, got {workers}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PhantomError(f"--out exists and is not a folder: {out}")
+    start = time.perf_counter()
+    is_test = assign_test_patients(config)
+    jobs = [(config, p, bool(is_test[p]), out) for p in range(config.n_patients)]
+    bar = tqdm(total=4 * len(jobs), unit="img", desc="phantoms", disable=not progress)
+    rows: list[dict] = []
+    for patient_rows in _run(jobs, workers):
+        rows += patient_rows
+        bar.update(4)
+    bar.close()
+    table = pd.DataFrame(rows, columns=list(VINDR_COLUMNS))
+    csv_path = out / CSV_NAME
+    write_bytes_atomic(csv_path, table.to_csv(index=False, float_format="%.2f", lineterminator="\n").encode())
+    settings = {"generator": "extract.phantoms", **asdict(config), "n_images_written": 4 * len(jobs)}
+    write_bytes_atomic(out / SETTINGS_NAME, (json.dumps(settings, indent=2) + "\n").encode())
+    return GenerateResult(csv_path, out / IMAGES_DIRNAME, 4 * len(jobs), len(table), time.perf_counter() - start)
+
+
+def _run(jobs: list, workers: int) -> Iterator[list[dict]]:
+    if workers == 1:
+        yield from map(_patient_job, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_patient_job, jobs, chunksize=4)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = PhantomConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m extract.phantoms",
+        description="Write a synthetic mammography data set in the VinDr layout "
+                    "(images_png/<patient_id>/<image_id>.png + vindr_detection_v1_folds.csv).",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
+    p.add_argument("--n-images", type=int, default=defaults.n_images,
+                   help="number of images; rounded up to a multiple of 4 (CC+MLO of both breasts per patient)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="master seed (same arguments -> identical files)")
+    p.add_argument("--height", type=int, default=defaults.height, help="PNG height in pixels")
+    p.add_argument("--width", type=int, default=defaults.width, help="PNG width in pixels")
+    p.add_argument("--mass-prevalence", type=float, default=defaults.mass_prevalence,
+                   help="probability that a breast has a mass (both views)")
+    p.add_argument("--calc-prevalence", type=float, default=defaults.calc_prevalence,
+                   help="probability that a breast has a suspicious calcification cluster")
+    p.add_argument("--coarse-calc-rate", type=float, default=defaults.coarse_calc_rate,
+                   help="probability that a breast has benign coarse calcifications (look-alikes)")
+    p.add_argument("--crossing-rate", type=float, default=defaults.crossing_rate,
+                   help="probability that a view has bright vessel crossings (look-alikes)")
+    p.add_argument("--lesion-contrast", type=float, default=defaults.lesion_contrast,
+                   help="multiplier on the brightness of masses and suspicious specks")
+    p.add_argument("--noise", type=float, default=defaults.noise, help="quantum noise, grey levels (std)")
+    p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
+                   help="fraction of patients in the test split")
+    p.add_argument("--density-probs", type=float, nargs=4, default=defaults.density_probs,
+                   metavar=("A", "B", "C", "D"), help="probabilities of density A..D")
+    p.add_argument("--orig-height", type=int, default=defaults.orig_height,
+                   help="'height' column: original frame of the xmin..ymax boxes")
+    p.add_argument("--orig-width", type=int, default=defaults.orig_width, help="'width' column")
+    p.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PhantomConfig:
+    return PhantomConfig(
+        n_images=args.n_images, seed=args.seed, height=args.height, width=args.width,
+        mass_prevalence=args.mass_prevalence, calc_prevalence=args.calc_prevalence,
+        coarse_calc_rate=args.coarse_calc_rate, crossing_rate=args.crossing_rate,
+        lesion_contrast=args.lesion_contrast, noise=args.noise, test_fraction=args.test_fraction,
+        density_probs=tuple(args.density_probs), orig_height=args.orig_height, orig_width=args.orig_width,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        result = generate(config, args.out, workers=args.workers, progress=not args.quiet)
+    except (PhantomError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = pd.read_csv(result.csv_path)
+    per_image = table.groupby("image_id")[["Mass", "Suspicious_Calcification"]].max()
+    note = "" if result.n_images == config.n_images else f" ({config.n_images} requested, rounded up to a multiple of 4)"
+    print(f"wrote {result.n_images} images{note} and {result.n_rows} rows in {result.seconds:.1f} s "
+          f"({result.n_images / max(result.seconds, 1e-9):.1f} images/s)")
+    print(f"  images: {result.images_dir}")
+    print(f"  csv:    {result.csv_path}")
+    print(f"  images with Mass: {int(per_image['Mass'].sum())}, "
+          f"with Suspicious_Calcification: {int(per_image['Suspicious_Calcification'].sum())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The embedded default, end to end: phantoms → features → cache → SAE → concepts → report.
+
+    python -m mammosae_jax.demo --out demo_out [--n-images 480 --height 512 --width 304 ...]
+
+Every stage is a subprocess of this package's own CLIs (so each CLI is exercised exactly as a
+user runs it, and torch and jax never share one process). A stage whose command already
+completed is reused; change a flag and that stage and everything after it run again. The quality
+gates of the embedded default are checked at the end, printed, and written with the report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from mammosae_jax.demo_gates import GateResult, evaluate_gates
+from mammosae_jax.demo_report import write_report
+from mammosae_jax.pipeline import Stage, StageFailed, python_module, run_stage
+
+BINARY_CONCEPTS = ("Suspicious_Calcification", "Mass")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Every knob of the demo; each is a command-line flag of the same name."""
+
+    n_images: int = 480
+    """phantom images (4 per patient: two views of two breasts)."""
+    height: int = 512
+    """phantom PNG height in pixels (VinDr PNGs are 1520)."""
+    width: int = 304
+    """phantom PNG width in pixels (VinDr PNGs are 912)."""
+    seed: int = 0
+    """seed of the phantoms, the random encoder and the SAE."""
+    arch: str = "b5"
+    """EfficientNet variant of the (random-weight) encoder: b5 or b2."""
+    variant: str = "topk"
+    """SAE variant: relu (the reference), topk or batchtopk."""
+    expansion: int = 2
+    """n_latents = expansion × feature dim."""
+    k: int = 32
+    """active latents per token (topk, batchtopk)."""
+    l1: float = 3e-5
+    """L1 coefficient (relu)."""
+    steps: int = 600
+    """SAE optimiser steps."""
+    batch_size: int = 1024
+    """SAE batch in tokens."""
+    lr: float = 5e-4
+    """Adam learning rate."""
+    top_latents: int = 5
+    """class-1 latents drawn and scored in the heatmap stage."""
+    n_vis_images: int = 6
+    """positive test images drawn per latent."""
+
+
+def parse_config(argv: list[str] | None) -> tuple[DemoConfig, Path, bool]:
+    parser = argparse.ArgumentParser(prog="python -m mammosae_jax.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    parser.add_argument("--force", action="store_true", help="rerun every stage even if it completed before")
+    defaults = DemoConfig()
+    for f in fields(DemoConfig):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name),
+                            help=f"(default {getattr(defaults, f.name)})")
+    args = parser.parse_args(argv)
+    config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
+    return config, args.out, args.force
+
+
+def build_stages(c: DemoConfig, out: Path) -> list[Stage]:
+    """The demo's stages in order, with their exact commands."""
+    data, cache, run = out / "data", out / "cache", out / "sae_run"
+    csv, images = data / "vindr_detection_v1_folds.csv", data / "images_png"
+    stages = [
+        Stage("phantoms", python_module(
+            "extract.phantoms", "--out", str(data), "--n-images", str(c.n_images), "--seed", str(c.seed),
+            "--height", str(c.height), "--width", str(c.width), "--quiet"), data),
+        Stage("extract", (
+            sys.executable, str(Path(__file__).resolve().parents[1] / "extract" / "dump_features.py"),
+            "--csv", str(csv), "--images", str(images), "--random-weights", "--arch", c.arch,
+            "--split", "all", "--out", str(cache), "--seed", str(c.seed), "--overwrite"), cache),
+        Stage("train", python_module(
+            "mammosae_jax.train", "--cache", str(cache), "--out", str(run), "--variant", c.variant,
+            "--expansion", str(c.expansion), "--k", str(c.k), "--l1", str(c.l1), "--lr", str(c.lr),
+            "--batch-size", str(c.batch_size), "--steps", str(c.steps), "--seed", str(c.seed),
+            "--no-progress", "--overwrite"), run),
+    ]
+    for label in BINARY_CONCEPTS:
+        head = out / "heads" / f"{label}.safetensors"
+        ranking = out / "ranking" / label
+        stages += [
+            Stage(f"fit_head-{label}", python_module(
+                "mammosae_jax.fit_head", "--cache", str(cache), "--label", label, "--out", str(head)), out / "heads"),
+            Stage(f"evaluate-{label}", python_module(
+                "mammosae_jax.evaluate", "--cache", str(cache), "--sae", str(run), "--head", str(head),
+                "--out", str(out / "evaluation")), out / "evaluation"),
+            Stage(f"concepts-{label}", python_module(
+                "mammosae_jax.concepts", "--cache", str(cache), "--sae", str(run), "--label", label,
+                "--out", str(ranking)), ranking),
+            Stage(f"intervene-{label}", python_module(
+                "mammosae_jax.intervene", "--cache", str(cache), "--sae", str(run), "--head", str(head),
+                "--ranking", str(ranking), "--mode", "both", "--out", str(out / "interventions")),
+                out / "interventions"),
+            Stage(f"visualize-{label}", python_module(
+                "mammosae_jax.visualize", "--cache", str(cache), "--csv", str(csv), "--images", str(images),
+                "--sae", str(run), "--ranking", str(ranking), "--label", label, "--top", str(c.top_latents),
+                "--n-images", str(c.n_vis_images), "--out", str(out / "heatmaps" / label)),
+                out / "heatmaps" / label),
+        ]
+    return stages
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process and its finished children, in GB (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024**2
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, out, force = parse_config(argv)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    rerun_rest = force
+    try:
+        for stage in build_stages(config, out):
+            result = run_stage(stage, out / "logs", force=rerun_rest)
+            timings[stage.name] = result.seconds
+            rerun_rest = rerun_rest or not result.skipped
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    gates: list[GateResult] = evaluate_gates(out, config)
+    run_info = {
+        "config": asdict(config),
+        "stage_seconds": timings,
+        "total_seconds": time.perf_counter() - started,
+        "peak_memory_gb": peak_memory_gb(),
+    }
+    report = write_report(out, config, gates, run_info)
+    print()
+    for gate in gates:
+        print(gate.line())
+    print(f"\ntotal {run_info['total_seconds']:.0f} s (stages run now), peak memory {run_info['peak_memory_gb']:.2f} GB")
+    print(f"report: {report}")
+    print(f"outputs: {out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""A tiny stage runner: each stage is a subprocess with declared outputs, skipped when they exist.
+
+Used by `mammosae_jax.demo`. A stage's outputs are only trusted if its marker file exists, and
+the marker is written after the command succeeded, so an interrupted stage is simply rerun.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class StageFailed(RuntimeError):
+    """A stage's command exited non-zero."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a pipeline: a command and the folder where its completion marker lives."""
+
+    name: str
+    argv: tuple[str, ...]
+    marker_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def marker(self) -> Path:
+        return self.marker_dir / f".stage-{self.name}.done.json"
+
+    def is_done(self) -> bool:
+        if not self.marker.exists():
+            return False
+        recorded = json.loads(self.marker.read_text())
+        return recorded.get("argv") == list(self.argv)
+
+
+@dataclass
+class StageResult:
+    name: str
+    seconds: float
+    skipped: bool
+
+
+def run_stage(stage: Stage, log_dir: Path, force: bool = False) -> StageResult:
+    """Run `stage` unless it already completed with the same command; log to `log_dir/<name>.log`."""
+    if stage.is_done() and not force:
+        print(f"[{stage.name}] done already, reusing ({stage.marker.parent})", flush=True)
+        return StageResult(stage.name, 0.0, skipped=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{stage.name}.log"
+    print(f"[{stage.name}] {shlex.join(stage.argv)}", flush=True)
+    started = time.perf_counter()
+    env = {**os.environ, **stage.env}
+    with log_path.open("w") as log:
+        proc = subprocess.run(stage.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+        raise StageFailed(f"stage {stage.name!r} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    stage.marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stage.marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"argv": list(stage.argv), "seconds": seconds}))
+    os.replace(tmp, stage.marker)
+    print(f"[{stage.name}] finished in {seconds:.1f} s", flush=True)
+    return StageResult(stage.name, seconds, skipped=False)
+
+
+def python_module(module: str, *args: str) -> tuple[str, ...]:
+    """argv running `python -m module args...` with this interpreter."""
+    return (sys.executable, "-m", module, *args)
