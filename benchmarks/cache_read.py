@@ -2,7 +2,7 @@
 
 `python -m benchmarks.cache_read [--gigabytes 0.2] [--out bench_out/cache_read.json] [--workdir DIR]`
 
-Builds a float16 cache of real B5-sized maps (48 x 29 x 2048, 5.7 MB per image) in a temporary
+Builds a float16 (or `--dtype float32`) cache of real B5-sized maps (48 x 29 x 2048, 5.7 MB per image in float16) in a temporary
 folder, then, in the same run and on the same (page-cached) files, measures:
 - sequential: every shard file read front to back in 8 MiB blocks (`dd`-style), MB/s of file bytes;
 - tokens: one epoch of `iter_tokens(4096, ...)` (shuffled, float32 batches), MB/s of stored
@@ -50,13 +50,13 @@ def _rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build_cache(path: Path, n_images: int, shard_size: int, seed: int = 0) -> None:
+def build_cache(path: Path, n_images: int, shard_size: int, seed: int = 0, dtype: str = "float16") -> None:
     """Write n_images random B5-shaped feature maps (one image at a time: little memory)."""
     from tqdm import tqdm
 
     from cache import CacheWriter
     rng = np.random.default_rng(seed)
-    with CacheWriter(path, grid=GRID, dim=DIM, dtype="float16", label_names=["Mass"], shard_size=shard_size,
+    with CacheWriter(path, grid=GRID, dim=DIM, dtype=dtype, label_names=["Mass"], shard_size=shard_size,
                      encoder={"arch": "synthetic"}, overwrite=True) as w:
         for i in tqdm(range(n_images), desc="build cache", unit="img"):
             x = rng.random((1, *GRID, DIM), dtype=np.float32) * 4.0
@@ -104,16 +104,16 @@ def naive_random_access(c, n_tokens: int, seed: int) -> tuple[int, float, float]
     return n_tokens * c.dim * c.dtype.itemsize, time.perf_counter() - t0, time.process_time() - c0
 
 
-def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, naive_tokens: int = 3000,
-        seed: int = 0, repeats: int = 2, buffer_mb: float = 64, workdir: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict:
-    """Build a cache of about `gigabytes` (float16) and measure the three readers; returns the numbers."""
+def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, naive_tokens: int = 1000,
+        seed: int = 0, repeats: int = 2, buffer_mb: float = 64, dtype: str = "float16", workdir: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict:
+    """Build a cache of about `gigabytes` and measure the three readers; returns the numbers."""
     from cache import open_cache
-    image_bytes = GRID[0] * GRID[1] * DIM * 2
+    image_bytes = GRID[0] * GRID[1] * DIM * np.dtype(dtype).itemsize
     n_images = max(2, int(round(gigabytes * 1e9 / image_bytes)))
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / "cache"
         t0 = time.perf_counter()
-        build_cache(path, n_images, shard_size, seed)
+        build_cache(path, n_images, shard_size, seed, dtype)
         build_s = time.perf_counter() - t0
         c = open_cache(path)
         files = [path / s["file"] for s in c.manifest["shards"]]
@@ -131,12 +131,12 @@ def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, na
     mbps = {k: v[0] / v[1] / _MB for k, v in m.items()}
     seq, tok0, tok1, raw, naive = (mbps[k] for k in ("sequential", "tokens_epoch0", "tokens", "tokens_as_stored", "naive"))
     result = {
-        "n_images": n_images, "cache_bytes": file_bytes, "batch_size": batch_size, "shard_size": shard_size,
+        "n_images": n_images, "dtype": dtype, "cache_bytes": file_bytes, "batch_size": batch_size, "shard_size": shard_size,
         "build_s": build_s,
         "buffer_mb": buffer_mb,
         "sequential_MBps": seq, "tokens_epoch0_MBps": tok0, "tokens_MBps": tok1,
         "tokens_as_stored_MBps": raw, "naive_MBps": naive,
-        "tokens_per_s": m["tokens"][0] / (DIM * 2) / m["tokens"][1],
+        "tokens_per_s": m["tokens"][0] / (DIM * np.dtype(dtype).itemsize) / m["tokens"][1],
         "MB_per_cpu_s": {k: v[0] / v[2] / _MB if v[2] > 0 else None for k, v in m.items()},
         "wall_s": {k: v[1] for k, v in m.items()}, "cpu_s": {k: v[2] for k, v in m.items()},
         "peak_rss_bytes": rss_peak, "rss_before_stream_bytes": rss_before, "rss_peak_reset": rss_reset,
@@ -172,7 +172,7 @@ def format_table(r: dict) -> str:
             ("iter_tokens, epoch 0 (verifies)", f"{r['tokens_epoch0_MBps']:.0f}",
              f"{r['tokens_epoch0_MBps'] / r['sequential_MBps']:.2f}"),
             ("iter_tokens, later epochs", f"{r['tokens_MBps']:.0f}", f"{r['tokens_MBps'] / r['sequential_MBps']:.2f}"),
-            ("iter_tokens, as_stored (float16)", f"{r['tokens_as_stored_MBps']:.0f}",
+            (f"iter_tokens, as_stored ({r['dtype']})", f"{r['tokens_as_stored_MBps']:.0f}",
              f"{r['tokens_as_stored_MBps'] / r['sequential_MBps']:.2f}"),
             ("naive per-token random access", f"{r['naive_MBps']:.1f}", f"{r['naive_MBps'] / r['sequential_MBps']:.4f}")]
     w = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -181,7 +181,7 @@ def format_table(r: dict) -> str:
     cpu = r["MB_per_cpu_s"]
     lines.append(f"MB per CPU-second: sequential {cpu['sequential']:.0f}, iter_tokens {cpu['tokens']:.0f}, "
                  f"as_stored {cpu['tokens_as_stored']:.0f}")
-    lines.append(f"cache {r['cache_bytes'] / 1e9:.2f} GB ({r['n_images']} images), batch {r['batch_size']}, "
+    lines.append(f"cache {r['cache_bytes'] / 1e9:.2f} GB {r['dtype']} ({r['n_images']} images), batch {r['batch_size']}, "
                  f"shuffle buffer {r['buffer_mb']:g} MB, "
                  f"peak RSS while streaming {r['peak_rss_bytes'] / 1e9:.2f} GB")
     return "\n".join(lines)
@@ -191,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gigabytes", type=float, default=0.2, help="cache size to build (default 0.2)")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="cache storage dtype")
     parser.add_argument("--shard-size", type=int, default=16, help="images per shard")
     parser.add_argument("--buffer-mb", type=float, default=64,
                         help="iter_tokens shuffle buffer (default 64, below the cache size so eviction is measured)")
-    parser.add_argument("--naive-tokens", type=int, default=3000, help="tokens read by the naive loader")
+    parser.add_argument("--naive-tokens", type=int, default=1000, help="tokens read by the naive loader")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many sequential reads / later epochs")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the temporary cache")
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(gigabytes=args.gigabytes, batch_size=args.batch_size, shard_size=args.shard_size,
                      naive_tokens=args.naive_tokens, seed=args.seed, repeats=args.repeats, buffer_mb=args.buffer_mb,
-                     workdir=args.workdir,
+                     dtype=args.dtype, workdir=args.workdir,
                      out=args.out)
     except (CacheError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

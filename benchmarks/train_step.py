@@ -5,7 +5,9 @@
 Measured in one run on one machine: tokens/s of
   * jax relu  : `mammosae_jax.training.step.make_train_step` (loss, decoder-gradient projection,
                 Adam, renormalisation; one jitted call, state donated),
-  * jax topk  : the same with variant topk (k=32, sparse gather decode, AuxK on),
+  * jax topk  : the same with variant topk (k=32, sparse gather decode; no latent dead yet, so
+                the AuxK branch is skipped, the normal state of training),
+  * jax topk_auxk: topk with every silent latent dead (AuxK computed every step, worst case),
   * torch relu: the reference step in eager PyTorch (same equations, torch.optim.Adam),
 and achieved GFLOP/s ("model FLOPs": 10·B·D·S for a dense relu step = 5 matmuls; forward
 encoder 2·B·D·S plus 12·B·k·D gathered terms for topk) over a matmul peak measured in the same run
@@ -37,7 +39,8 @@ def _time(fn, steps: int, warmup: int = 2) -> float:
 
 
 def _jax_step_seconds(variant: str, d_in: int, n_latents: int, batch: int, k: int, steps: int,
-                      precision: str) -> float:
+                      precision: str, all_dead: bool = False) -> float:
+    """Seconds per jitted train step; `all_dead` makes every silent latent dead (AuxK runs each step)."""
     import jax
     import numpy as np
 
@@ -47,9 +50,12 @@ def _jax_step_seconds(variant: str, d_in: int, n_latents: int, batch: int, k: in
     from mammosae_jax.training.step import make_train_step
 
     config = SAEConfig(d_in, n_latents, variant=variant, k=k, init="tied")
-    tc = TrainConfig(lr=5e-4, batch_size=batch, steps=1, dead_after_tokens=batch)
+    tc = TrainConfig(lr=5e-4, batch_size=batch, steps=1, dead_after_tokens=batch if all_dead else 10_000_000)
     x = jax.device_put(np.random.default_rng(0).normal(size=(batch, d_in)).astype(np.float32) + 0.5)
-    holder = {"state": init_state(config, make_optimizer(tc), jax.random.key(0))}
+    state = init_state(config, make_optimizer(tc), jax.random.key(0))
+    if all_dead:
+        state = state._replace(steps_since_fired=state.steps_since_fired + 10**6)
+    holder = {"state": state}
     with jax.default_matmul_precision(precision):
         step = make_train_step(config, tc)
 
@@ -115,15 +121,19 @@ def run(preset: str = "cpu-small", steps: int | None = None, precision: str = "h
     t_mm = _matmul_seconds(D, S, B, steps, precision)
     t_relu = _jax_step_seconds("relu", D, S, B, k, steps, precision)
     t_topk = _jax_step_seconds("topk", D, S, B, k, steps, precision)
+    t_auxk = _jax_step_seconds("topk", D, S, B, k, steps, precision, all_dead=True)
     t_torch = _torch_step_seconds(D, S, B, steps) if torch_baseline else float("nan")
     peak = mm_flops / t_mm / 1e9
     result = {
         "preset": preset, "shape": shape, "steps": steps, "matmul_precision": precision,
         "device": str(jax.devices()[0]),
-        "tokens_per_s": {"jax_relu": B / t_relu, "jax_topk": B / t_topk, "torch_relu": B / t_torch},
-        "step_ms": {"jax_relu": 1e3 * t_relu, "jax_topk": 1e3 * t_topk, "torch_relu": 1e3 * t_torch},
+        "tokens_per_s": {"jax_relu": B / t_relu, "jax_topk": B / t_topk, "jax_topk_auxk": B / t_auxk,
+                         "torch_relu": B / t_torch},
+        "step_ms": {"jax_relu": 1e3 * t_relu, "jax_topk": 1e3 * t_topk, "jax_topk_auxk": 1e3 * t_auxk,
+                    "torch_relu": 1e3 * t_torch},
         "gflops": {"matmul_peak": peak, "jax_relu": relu_flops / t_relu / 1e9,
-                   "jax_topk": topk_flops / t_topk / 1e9, "torch_relu": relu_flops / t_torch / 1e9},
+                   "jax_topk": topk_flops / t_topk / 1e9, "jax_topk_auxk": topk_flops / t_auxk / 1e9,
+                   "torch_relu": relu_flops / t_torch / 1e9},
     }
     on_gpu = jax.devices()[0].platform == "gpu"
     result["ratios"] = {
@@ -141,7 +151,7 @@ def run(preset: str = "cpu-small", steps: int | None = None, precision: str = "h
 def format_table(result: dict) -> str:
     rows = [("step", "tokens/s", "ms/step", "GFLOP/s", "of peak")]
     peak = result["gflops"]["matmul_peak"]
-    for name in ("jax_relu", "jax_topk", "torch_relu"):
+    for name in ("jax_relu", "jax_topk", "jax_topk_auxk", "torch_relu"):
         rows.append((name, f"{result['tokens_per_s'][name]:,.0f}", f"{result['step_ms'][name]:.1f}",
                      f"{result['gflops'][name]:.1f}", f"{result['gflops'][name] / peak:.0%}"))
     rows.append(("matmul peak", "", "", f"{peak:.1f}", "100%"))

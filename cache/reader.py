@@ -139,9 +139,19 @@ class FeatureCache:
         """(N, L) int64 image-level labels, columns in `label_names` order."""
         return self._labels
 
-    @cached_property
+    @property
     def labels(self) -> "pd.DataFrame":
-        """Image-level table: patient_id, image_id, split and one int64 column per label."""
+        """Image-level table: patient_id, image_id, split and one int64 column per label (a fresh copy)."""
+        return self._labels_df.copy()
+
+    @property
+    def rows(self) -> "pd.DataFrame":
+        """Row-level table with `image_index` (the labels table, one row per image, if none was
+        stored; with allow_incomplete, only rows of images present). A fresh copy."""
+        return self._rows_df.copy()
+
+    @cached_property
+    def _labels_df(self) -> "pd.DataFrame":
         import pandas as pd
         df = pd.DataFrame({name: pd.Series(col, dtype="str") for name, col in
                            (("patient_id", self._patient_ids), ("image_id", self._image_ids), ("split", self._splits))})
@@ -150,8 +160,7 @@ class FeatureCache:
         return df
 
     @cached_property
-    def rows(self) -> "pd.DataFrame":
-        """Row-level table with `image_index` (the labels table, one row per image, if none was stored)."""
+    def _rows_df(self) -> "pd.DataFrame":
         import pandas as pd
         entry = self.manifest.get("rows")
         if entry is None:

@@ -125,7 +125,7 @@ def token_batches(read_run: Callable[[Run, np.ndarray], np.ndarray], runs: list[
                   buffer_tokens: int, drop_last: bool, as_stored: bool = False,
                   workers: int = 1) -> Iterator[TokenBatch]:
     """Generate the batches of one process for one epoch (see the module docstring); `workers`
-    threads gather and cast each batch (numpy releases the GIL there)."""
+    threads gather and cast float16 batches to float32 (numpy releases the GIL there)."""
     H, W = grid
     P = H * W
     longest = max((r.stop - r.start for r in runs), default=0)
@@ -133,21 +133,19 @@ def token_batches(read_run: Callable[[Run, np.ndarray], np.ndarray], runs: list[
     win = _Window(capacity, longest * k, dim, dtype, rng)
     scratch = np.empty((longest, H, W, dim), dtype) if k < P else None
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="cache-cast") if workers > 1 else None
-
-    def gather(idx: np.ndarray, out: np.ndarray) -> None:
-        if as_stored:
-            np.take(win.tok, idx, axis=0, out=out)
-        else:
-            half_to_float(win.tok[idx], out)
+    cast = not as_stored and dtype == np.float16
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="cache-cast") if workers > 1 and cast else None
 
     def batch(idx: np.ndarray) -> TokenBatch:
-        tok = np.empty((len(idx), dim), dtype if as_stored else np.float32)
-        if pool is None or len(idx) < 2 * workers:
-            gather(idx, tok)
-        else:
+        if as_stored or dtype != np.float16:
+            tok = win.tok[idx]  # one gather (fancy indexing beats np.take(out=) here)
+            tok = tok if as_stored else tok.astype(np.float32, copy=False)
+        elif pool is None or len(idx) < 2 * workers:
+            tok = half_to_float(win.tok[idx])
+        else:  # gather + cast in parallel slices
+            tok = np.empty((len(idx), dim), np.float32)
             bounds = np.linspace(0, len(idx), workers + 1).astype(int)
-            list(pool.map(lambda ab: gather(idx[ab[0]:ab[1]], tok[ab[0]:ab[1]]), zip(bounds[:-1], bounds[1:])))
+            list(pool.map(lambda a, b: half_to_float(win.tok[idx[a:b]], tok[a:b]), bounds[:-1], bounds[1:]))
         pos = win.pos[idx]
         return TokenBatch(tok, win.img[idx], pos // W, pos % W)
 
@@ -159,8 +157,11 @@ def token_batches(read_run: Callable[[Run, np.ndarray], np.ndarray], runs: list[
             pool.shutdown()
 
 
-def _fill_and_emit(runs, win, read_run, batch, *, grid, dim, batch_size, k, subset_seed, capacity, scratch,
-                   drop_last) -> Iterator[TokenBatch]:
+def _fill_and_emit(runs: list[Run], win: _Window, read_run: Callable[[Run, np.ndarray], np.ndarray],
+                   batch: Callable[[np.ndarray], TokenBatch], *, grid: tuple[int, int], dim: int, batch_size: int,
+                   k: int, subset_seed: int, capacity: int, scratch: np.ndarray | None,
+                   drop_last: bool) -> Iterator[TokenBatch]:
+    """Read the runs into the window and emit batches whenever it is full, then empty it."""
     H, W = grid
     P = H * W
     for run in runs:

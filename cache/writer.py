@@ -35,7 +35,7 @@ def _jsonable(value: Any) -> Any:
     """One row-table cell as JSON: numpy scalars unwrapped, NaN -> null, containers recursed."""
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
+    if (isinstance(value, float) and not math.isfinite(value)) or type(value).__name__ in ("NAType", "NaTType"):
         return None
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_jsonable(v) for v in value]

@@ -2,7 +2,7 @@
 
 One safetensors file per (checkpoint, prompts, tokenizer, pooling, max length), named
 ``prompt_embeddings_<key[:16]>.safetensors`` where ``key`` is the sha256 of those inputs
-(`cache_key`). numpy + safetensors only: reading it needs neither torch nor transformers.
+(`cache_key`). numpy + safetensors (+ tqdm) only: reading it needs neither torch nor transformers.
 
 =============================  ==============  ===============================================
 tensor                         shape           meaning
@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
 
 FORMAT = "mammosae-jax/prompt-embeddings"
 FORMAT_VERSION = "1"
@@ -57,17 +58,34 @@ class PromptEmbeddings(NamedTuple):
         return int(self.image_proj_EC.shape[1])
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in 4 MiB chunks."""
+def file_sha256(path: str | os.PathLike, progress: bool = False) -> str:
+    """sha256 of a file, read in 4 MiB chunks (a progress bar for big files when ``progress``)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"hashing {Path(path).name}",
+                                     disable=not progress or size < (64 << 20)) as bar:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
+            bar.update(len(chunk))
     return h.hexdigest()
+
+
+def tokenizer_problem(tokenizer_dir: str | os.PathLike) -> str | None:
+    """Why ``tokenizer_dir`` is not a usable BERT tokenizer folder, or None when it looks fine."""
+    d = Path(tokenizer_dir)
+    if not d.is_dir():
+        return (f"tokenizer folder not found: {d} "
+                f"(give a local copy of Bio_ClinicalBERT, the folder holding its vocab.txt)")
+    if not (d / "vocab.txt").is_file() and not (d / "tokenizer.json").is_file():
+        return f"{d} has no vocab.txt or tokenizer.json: not a BERT tokenizer folder"
+    return None
 
 
 def tokenizer_sha256(tokenizer_dir: str | os.PathLike) -> str:
     """sha256 over the tokenizer folder's relevant files (name + content), in a fixed order."""
+    problem = tokenizer_problem(tokenizer_dir)
+    if problem:
+        raise PromptEmbeddingError(problem)
     d = Path(tokenizer_dir)
     h = hashlib.sha256()
     for name in TOKENIZER_FILES:
@@ -132,8 +150,12 @@ def read_prompt_embeddings(path: str | os.PathLike) -> PromptEmbeddings:
     missing = [k for k in ("text_embeddings", "image_projection.weight", "image_projection.bias") if k not in tensors]
     if missing:
         raise PromptEmbeddingError(f"{path}: missing tensors {', '.join(missing)}")
-    texts, groups = tuple(json.loads(meta.pop("prompts"))), tuple(json.loads(meta.pop("groups")))
-    text_PE, w_EC, b_E = tensors["text_embeddings"], tensors["image_projection.weight"], tensors["image_projection.bias"]
+    try:
+        texts, groups = tuple(json.loads(meta.pop("prompts"))), tuple(json.loads(meta.pop("groups")))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise PromptEmbeddingError(f"{path}: metadata lacks a readable prompt list ({e})") from None
+    text_PE, w_EC = tensors["text_embeddings"], tensors["image_projection.weight"]
+    b_E = tensors["image_projection.bias"]
     if text_PE.shape != (len(texts), w_EC.shape[0]) or b_E.shape != (w_EC.shape[0],) or len(groups) != len(texts):
         raise PromptEmbeddingError(f"{path}: inconsistent shapes: text_embeddings {text_PE.shape} for "
                                    f"{len(texts)} prompts, image_projection {w_EC.shape} / {b_E.shape}")
@@ -141,4 +163,4 @@ def read_prompt_embeddings(path: str | os.PathLike) -> PromptEmbeddings:
 
 
 __all__ = ["FORMAT", "PromptEmbeddingError", "PromptEmbeddings", "cache_file", "cache_key", "file_sha256",
-           "read_prompt_embeddings", "tokenizer_sha256", "write_prompt_embeddings"]
+           "read_prompt_embeddings", "tokenizer_problem", "tokenizer_sha256", "write_prompt_embeddings"]

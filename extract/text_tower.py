@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from extract.checkpoints import safe_torch_load
-from extract.prompt_embeddings import PromptEmbeddings, write_prompt_embeddings
+from extract.prompt_embeddings import PromptEmbeddings, tokenizer_problem, write_prompt_embeddings
 
 TEXT_PREFIX = "text_encoder.text_encoder."
 TEXT_PROJECTION = "text_projection.projection."
@@ -182,11 +182,9 @@ def build_text_tower(state: dict[str, torch.Tensor], config: BertConfig, source:
 def load_tokenizer(tokenizer_dir: str | os.PathLike, vocab_size: int | None = None) -> BertTokenizer:
     """The user's local Bio_ClinicalBERT tokenizer (offline); checks it fits the word embeddings."""
     d = Path(tokenizer_dir)
-    if not d.is_dir():
-        raise TextTowerError(f"tokenizer folder not found: {d} (give a local copy of Bio_ClinicalBERT, "
-                             f"the folder holding its vocab.txt)")
-    if not (d / "vocab.txt").is_file() and not (d / "tokenizer.json").is_file():
-        raise TextTowerError(f"{d} has no vocab.txt or tokenizer.json: not a BERT tokenizer folder")
+    problem = tokenizer_problem(d)
+    if problem:
+        raise TextTowerError(problem)
     try:
         tokenizer = BertTokenizer.from_pretrained(str(d), local_files_only=True)
     except (OSError, ValueError) as e:
@@ -237,8 +235,9 @@ def compute_prompt_embeddings(checkpoint: str | os.PathLike, tokenizer_dir: str 
     ``pooling`` / ``max_length`` override the checkpoint's config (then Mammo-CLIP's defaults).
     """
     tokenizer_dir = Path(tokenizer_dir)
-    if not tokenizer_dir.is_dir():  # before reading a 1.5 GB checkpoint
-        load_tokenizer(tokenizer_dir)
+    problem = tokenizer_problem(tokenizer_dir)  # before reading a 1.5 GB checkpoint
+    if problem:
+        raise TextTowerError(problem)
     parts = read_clip_text_parts(checkpoint)
     pooling = pooling or parts.pooling or DEFAULT_POOLING
     if pooling not in POOLINGS:

@@ -88,7 +88,7 @@ def build_stages(c: DemoConfig, out: Path) -> list[Stage]:
             "mammosae_jax.train", "--cache", str(cache), "--out", str(run), "--variant", c.variant,
             "--expansion", str(c.expansion), "--k", str(c.k), "--l1", str(c.l1), "--lr", str(c.lr),
             "--batch-size", str(c.batch_size), "--steps", str(c.steps), "--seed", str(c.seed),
-            "--no-progress", "--overwrite"), run),
+            "--no-progress"), run, clean=True),
     ]
     for label in BINARY_CONCEPTS:
         head = out / "heads" / f"{label}.safetensors"

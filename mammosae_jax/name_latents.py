@@ -107,10 +107,8 @@ def prompt_embeddings(prompts: PromptSet, *, checkpoint: str | None, tokenizer: 
         raise NamingError("give --clip-checkpoint and --tokenizer (or --embeddings FILE from an earlier run)")
     if not Path(checkpoint).is_file():
         raise NamingError(f"CLIP checkpoint not found: {checkpoint}")
-    if not Path(tokenizer).is_dir():
-        raise NamingError(f"tokenizer folder not found: {tokenizer} (give a local copy of Bio_ClinicalBERT, "
-                          f"the folder holding its vocab.txt)")
-    ckpt_sha, tok_sha = file_sha256(checkpoint), tokenizer_sha256(tokenizer)
+    tok_sha = tokenizer_sha256(tokenizer)  # checks the folder before hashing a 1.5 GB checkpoint
+    ckpt_sha = file_sha256(checkpoint, progress=True)
     key = cache_key(ckpt_sha, prompts.texts, tok_sha, pooling, max_length)
     path = cache_file(cache_dir, key)
     if path.is_file():
@@ -156,7 +154,7 @@ def matches_rows(matches: PromptMatches, emb: PromptEmbeddings) -> list[list]:
 def format_table(names: LatentNames, emb: PromptEmbeddings, top: int = 3, width: int = 38) -> str:
     """Plain-text table: latent, |W_img d|, and its best ``top`` prompts with cosines."""
     def cell(p: int, c: float) -> str:
-        text = emb.texts[p] if len(emb.texts[p]) <= width - 8 else emb.texts[p][:width - 11] + "..."
+        text = emb.texts[p] if len(emb.texts[p]) <= width - 10 else emb.texts[p][:width - 13] + "..."
         return f"{text} ({c:+.3f})".ljust(width)
 
     top = min(top, names.prompt_LK.shape[1])
@@ -175,7 +173,9 @@ def plot_similarities(sim_LP: np.ndarray, latents: np.ndarray, emb: PromptEmbedd
     import matplotlib.pyplot as plt
 
     n_lat, n_prompt = sim_LP.shape
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * n_prompt + 3), max(3.0, 0.26 * n_lat + 2.5)))
+    label_in = 0.055 * max(len(t) + len(g) for t, g in zip(emb.texts, emb.groups))  # rotated prompt labels
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * n_prompt + 3), 0.2 * n_lat + 1.5 + min(label_in, 3.0)),
+                           layout="constrained")
     vmax = float(np.abs(sim_LP).max()) or 1.0
     im = ax.imshow(sim_LP, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
     best_L = sim_LP.argmax(axis=1)
@@ -189,43 +189,42 @@ def plot_similarities(sim_LP: np.ndarray, latents: np.ndarray, emb: PromptEmbedd
     ax.set_ylabel("latent")
     ax.set_title("cosine(W_img · decoder direction, prompt embedding)")
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mammosae_jax.name_latents", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m mammosae_jax.name_latents", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("text side")
-    src.add_argument("--clip-checkpoint", help="Mammo-CLIP pre-trained CLIP .tar (holds the text tower and projections)")
-    src.add_argument("--tokenizer", help="local Bio_ClinicalBERT folder (vocab.txt; config.json if present)")
-    src.add_argument("--embeddings", help="a prompt-embedding .safetensors from an earlier run (no torch needed)")
-    src.add_argument("--prompts", help="JSON prompt file {group: [texts]} or [texts] (default: built-in clinical set)")
-    src.add_argument("--cache-dir", type=Path, default=None,
+    src.add_argument("--clip-checkpoint", metavar="FILE", help="Mammo-CLIP pre-trained CLIP .tar (holds the text tower and projections)")
+    src.add_argument("--tokenizer", metavar="DIR", help="local Bio_ClinicalBERT folder (vocab.txt; config.json if present)")
+    src.add_argument("--embeddings", metavar="FILE", help="a prompt-embedding .safetensors from an earlier run (no torch needed)")
+    src.add_argument("--prompts", metavar="FILE", help="JSON prompt file {group: [texts]} or [texts] (default: built-in clinical set)")
+    src.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                      help=f"where prompt embeddings are cached (default: {default_cache_dir()})")
     src.add_argument("--pooling", choices=("eos", "bos", "mean"), default=None,
                      help="text pooling (default: the checkpoint's config, else eos as Mammo-CLIP)")
-    src.add_argument("--max-length", type=int, default=None, help="token limit (default: the checkpoint's, else 256)")
-    src.add_argument("--text-batch-size", type=int, default=32, help="prompts per text-tower batch")
+    src.add_argument("--max-length", type=int, default=None, metavar="N", help="token limit (default: the checkpoint's, else 256)")
+    src.add_argument("--text-batch-size", type=int, default=32, metavar="N", help="prompts per text-tower batch (default 32)")
     sel = p.add_argument_group("latents")
-    sel.add_argument("--sae", required=True, help="SAE: run folder, .safetensors or reference .pt")
-    sel.add_argument("--latents", help="latent ids, e.g. 13867,42,100-110 (default: all, or --ranking)")
-    sel.add_argument("--ranking", help="folder with top_k_concepts_class={c}_{label}[_{suffix}].json")
-    sel.add_argument("--label", help="ranking label, e.g. Suspicious_Calcification (with --ranking)")
-    sel.add_argument("--ranking-class", type=int, action="append", default=None,
+    sel.add_argument("--sae", required=True, metavar="SAE", help="SAE: run folder, .safetensors or reference .pt")
+    sel.add_argument("--latents", metavar="IDS", help="latent ids, e.g. 13867,42,100-110 (default: all, or --ranking)")
+    sel.add_argument("--ranking", metavar="DIR", help="folder with top_k_concepts_class={c}_{label}[_{suffix}].json")
+    sel.add_argument("--label", metavar="L", help="ranking label, e.g. Suspicious_Calcification (with --ranking)")
+    sel.add_argument("--ranking-class", type=int, action="append", default=None, metavar="C",
                      help="ranking class to take latents from; repeat for several (default: every class)")
-    sel.add_argument("--ranking-suffix", default=None, help="ranking file suffix (default: the only one present)")
-    sel.add_argument("--top", type=int, default=20, help="latents taken from each ranking class")
+    sel.add_argument("--ranking-suffix", default=None, metavar="S", help="ranking file suffix (default: the only one present)")
+    sel.add_argument("--top", type=int, default=20, metavar="N", help="latents taken from each ranking class (default 20)")
     out = p.add_argument_group("scoring and output")
-    out.add_argument("--k", type=int, default=5, help="prompts reported per latent")
-    out.add_argument("--reverse-k", type=int, default=10, help="latents reported per prompt")
+    out.add_argument("--k", type=int, default=5, metavar="N", help="prompts reported per latent (default 5)")
+    out.add_argument("--reverse-k", type=int, default=10, metavar="N", help="latents reported per prompt (default 10)")
     out.add_argument("--reverse-over", choices=("all", "selected"), default="all",
-                     help="latents searched for each prompt: every SAE latent or only the selected ones")
+                     help="latents searched for each prompt: every SAE latent (default) or only the selected ones")
     out.add_argument("--include-projection-bias", action="store_true",
                      help="use W_img d + b_img instead of the linear part W_img d")
     out.add_argument("--center-prompts", action="store_true",
                      help="subtract the mean prompt embedding before comparing")
-    out.add_argument("--out", required=True, type=Path, help="output folder")
+    out.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     return p
 
 
@@ -279,7 +278,8 @@ def run(a: argparse.Namespace) -> dict:
     }
     write_json(out / "name_latents_summary.json", summary)
     print(format_table(names, emb))
-    print(f"prompt embeddings: {emb_path} ({'computed' if computed else 'cached'})")
+    how = "given" if a.embeddings else "computed" if computed else "cached"
+    print(f"prompt embeddings: {emb_path} ({how})")
     print(f"wrote {out / 'latent_names.csv'}, {out / 'prompt_latents.csv'}, {out / 'latent_names.png'}, "
           f"{out / 'name_latents_summary.json'}")
     return summary

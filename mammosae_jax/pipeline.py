@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ class Stage:
     argv: tuple[str, ...]
     marker_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    clean: bool = False
+    """remove `marker_dir` before running (for commands that refuse to overwrite their output)."""
 
     @property
     def marker(self) -> Path:
@@ -51,6 +54,8 @@ def run_stage(stage: Stage, log_dir: Path, force: bool = False) -> StageResult:
     if stage.is_done() and not force:
         print(f"[{stage.name}] done already, reusing ({stage.marker.parent})", flush=True)
         return StageResult(stage.name, 0.0, skipped=True)
+    if stage.clean and stage.marker_dir.exists():
+        shutil.rmtree(stage.marker_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{stage.name}.log"
     print(f"[{stage.name}] {shlex.join(stage.argv)}", flush=True)

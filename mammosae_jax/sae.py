@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mammosae_jax.variants import VARIANTS, get_variant
+from mammosae_jax.variants.base import pre_bias
 
 Params = dict[str, jax.Array]
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -138,8 +139,12 @@ def init_params(config: SAEConfig, key: jax.Array) -> Params:
 
 
 def pre_activation(params: Params, x_BD: jax.Array) -> jax.Array:
-    """(x - b_dec) @ W_enc + b_enc."""
-    return (x_BD - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+    """(x - b_dec) @ W_enc + b_enc, computed as x @ W_enc + (b_enc - b_dec @ W_enc).
+
+    Same value; the folded form spares the backward pass a (B, S) x (S, D) matmul (the tied
+    bias's encoder-side gradient becomes a matrix-vector product).
+    """
+    return x_BD @ params["W_enc"] + pre_bias(params)
 
 
 def encode(config: SAEConfig, params: Params, x_BD: jax.Array) -> EncodeOut:

@@ -107,8 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TrainError, DataError, FormatError, cache_lib.CacheError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    val = f", val FVU {result.val.fvu:.4f}, L0 {result.val.l0:.1f}" if result.val else ""
-    print(f"trained {result.steps} steps{val}; wrote {args.out}/sae.safetensors")
+    import jax
+
+    if jax.process_index() == 0:
+        val = f", val FVU {result.val.fvu:.4f}, L0 {result.val.l0:.1f}" if result.val else ""
+        print(f"trained {result.steps} steps{val}; wrote {args.out}/sae.safetensors")
     return 0
 
 

@@ -14,11 +14,12 @@ from extract.calibration import random_calibrated_encoder
 from extract.encoder import build_encoder
 
 
-def encoder_state(arch: str = "b2", seed: int = 0, calib_hw: tuple[int, int] = (64, 48)) -> dict[str, torch.Tensor]:
-    """A random-weight encoder state dict with calibrated BatchNorm (O(1) features), no `_fc.*`."""
+def encoder_state(arch: str = "b2", seed: int = 0, calib: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A random-weight encoder state dict with BatchNorm calibrated on `calib` (default: noise), no `_fc.*`."""
     model = build_encoder(arch)
-    x = torch.rand(4, 3, *calib_hw, generator=torch.Generator().manual_seed(seed + 1))
-    random_calibrated_encoder(model, seed, [x])
+    if calib is None:
+        calib = torch.rand(4, 3, 64, 48, generator=torch.Generator().manual_seed(seed + 1))
+    random_calibrated_encoder(model, seed, calib)
     return {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("_fc.")}
 
 

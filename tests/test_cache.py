@@ -297,3 +297,23 @@ def test_all_finite_matches_isfinite(dtype):
         assert not all_finite(y)
     tiny = np.array([np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).smallest_subnormal, -0.0], dtype)
     assert all_finite(tiny)
+
+
+def test_repacked_shard_is_read_through_hdf5(tmp_path):
+    """A shard rewritten with compression (e.g. by h5repack) has no raw chunks: the h5py path reads it."""
+    path = write_cache(tmp_path / "c", N)
+    src, dst = path / "shard-00001.h5", path / "repacked.h5"
+    with h5py.File(src) as f, h5py.File(dst, "w") as g:
+        for name in f:
+            g.create_dataset(name, data=f[name][()], compression="gzip" if name == "features" else None,
+                             chunks=f[name].chunks)
+        g.attrs.update(dict(f.attrs))
+    dst.replace(src)
+    m = json.loads((path / "manifest.json").read_text())
+    m["shards"][1].update(bytes=src.stat().st_size, sha256=hashlib.sha256(src.read_bytes()).hexdigest())
+    (path / "manifest.json").write_text(json.dumps(m))
+    c = open_cache(path)
+    assert c._chunk_offsets(1) is None and c._chunk_offsets(0) is not None
+    for i in range(N):
+        np.testing.assert_array_equal(c.feature_map(i), image_features(i).astype(np.float16).astype(np.float32))
+    c.verify()

@@ -15,7 +15,7 @@ import pytest
 
 import cache
 from cache import CacheWriter, merge_ranks, open_cache, rank_block
-from cache_testdata import add_images, image_features, writer_kwargs, write_cache
+from cache_testdata import add_images, writer_kwargs, write_cache
 
 N = 20
 REPO = Path(cache.__file__).resolve().parents[1]

@@ -139,3 +139,31 @@ def test_bad_arguments(c):
         c.iter_tokens(4, seed=0, epoch=0, shard_index=2, shard_count=2)
     with pytest.raises(cache.CacheInputError, match="batch_size must be >= 1"):
         c.iter_tokens(0, seed=0, epoch=0)
+
+
+def test_as_stored_and_worker_count_do_not_change_the_stream(c):
+    kw = dict(seed=9, epoch=4, buffer_mb=40 * TOKEN_MB, read_mb=2 * P * TOKEN_MB, prefetch=0)
+    one = list(c.iter_tokens(16, workers=1, **kw))
+    two = list(c.iter_tokens(16, workers=2, **kw))
+    stored = list(c.iter_tokens(16, as_stored=True, **kw))
+    assert len(one) == len(two) == len(stored)
+    for a, b, s in zip(one, two, stored):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_array_equal(a.image_index, s.image_index)
+        assert s.tokens.dtype == np.float16
+        np.testing.assert_array_equal(s.tokens.astype(np.float32), a.tokens)
+
+
+def test_float32_cache_streams_exact_values(tmp_path):
+    c32 = open_cache(write_cache(tmp_path / "c32", 5, dtype="float32"))
+    for b in c32.iter_tokens(7, seed=0, epoch=0):
+        for t, i, h, w in zip(b.tokens, b.image_index, b.h, b.w):
+            np.testing.assert_array_equal(t, image_features(int(i))[h, w])
+
+
+def test_iter_images_after_consumer_stops(c):
+    it = c.iter_images(2, prefetch=2)
+    idx, maps = next(it)
+    assert list(idx) == [0, 1] and maps.dtype == np.float32
+    it.close()
+    assert not it.alive

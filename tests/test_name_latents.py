@@ -6,7 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from extract.prompt_embeddings import PromptEmbeddingError, PromptEmbeddings, read_prompt_embeddings, write_prompt_embeddings
+from extract.prompt_embeddings import (
+    PromptEmbeddingError,
+    PromptEmbeddings,
+    read_prompt_embeddings,
+    write_prompt_embeddings,
+)
 from mammosae_jax.latent_naming import NamingError, match_prompts, name_latents, similarity_table
 from mammosae_jax.name_latents import format_table, main, parse_latent_ids
 from mammosae_jax.prompts import DEFAULT_PROMPTS, PromptError, default_prompts, load_prompts

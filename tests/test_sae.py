@@ -83,6 +83,10 @@ def test_topk_sparse_gather_gradients_equal_dense_gradients():
     g_dense = jax.jit(jax.grad(lambda q: _dense_topk_loss(config, q, x)))(p)
     for name in sae.PARAM_NAMES:
         np.testing.assert_allclose(g_sparse[name], g_dense[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    # the custom sparse gradient is exact for the input too (e.g. attributions w.r.t. x)
+    gx_sparse = jax.jit(jax.grad(lambda xx: sae.loss(config, p, xx).loss))(x)
+    gx_dense = jax.jit(jax.grad(lambda xx: _dense_topk_loss(config, p, xx)))(x)
+    np.testing.assert_allclose(gx_sparse, gx_dense, rtol=1e-5, atol=1e-7)
     # only the selected latents get decoder / encoder gradient
     _, idx = jax.lax.top_k(_encode(config, p, x).pre, config.k)
     touched = np.zeros(S, bool)

@@ -60,7 +60,7 @@ def _args(cache_path, out, *extra):
     return ["--cache", str(cache_path), "--out", str(out), *COMMON, *extra]
 
 
-@pytest.mark.parametrize("variant", ["relu", "batchtopk"])
+@pytest.mark.parametrize("variant", ["relu", pytest.param("batchtopk", marks=pytest.mark.slow)])
 def test_killed_after_checkpoint_and_resumed_equals_uninterrupted_bitwise(tiny_cache, tmp_path, variant):
     sae_cfg = SAEConfig(DIM, 4 * DIM, variant=variant, k=4, l1_coeff=1e-3, aux_k=8)
     tc = TrainConfig(lr=1e-2, batch_size=16, epochs=3, val_fraction=0.25, resample_every_epochs=1,

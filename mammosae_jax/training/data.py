@@ -13,7 +13,7 @@ class DataSplit(NamedTuple):
 
 
 class DataError(ValueError):
-    """The cache cannot feed this training run (message says why and what to do)."""
+    """The cache cannot feed this training run (the message says why and what to do)."""
 
 
 def split_patients(cache, train_split: str, val_fraction: float, seed: int) -> DataSplit:

@@ -21,10 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from cache import CacheError
+
 from mammosae_jax.sae import SAEConfig
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
-from mammosae_jax.training.data import DataSplit, batches_per_epoch, split_patients
+from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
 from mammosae_jax.training.mesh import DataParallel, make_data_parallel
 from mammosae_jax.training.resample import resample_dead, token_losses
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
@@ -188,7 +190,10 @@ class _Trainer:
                         next(batches)
                     while step < self.total and step < (epoch + 1) * self.spe:
                         t0 = time.perf_counter()
-                        tokens = next(batches).tokens
+                        try:
+                            tokens = next(batches).tokens
+                        except CacheError as e:
+                            raise TrainError(f"reading the batch of step {step + 1}: {e}") from None
                         waited += time.perf_counter() - t0
                         state, metrics = self.step_fn(state, self._checked(tokens, "training", step + 1))
                         step += 1
@@ -242,7 +247,7 @@ def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume:
     spe = batches_per_epoch(cache, split.train_images, tc.token_fraction, local_batch, jax.process_count())
     if spe == 0:
         n = cache.n_tokens(tc.token_fraction, split.train_images)
-        raise TrainError(f"the training images give {n} tokens per epoch, fewer than one batch of "
+        raise DataError(f"the training images give {n} tokens per epoch, fewer than one batch of "
                          f"{tc.batch_size}; lower --batch-size or use a bigger cache")
     total = tc.steps if tc.steps is not None else tc.epochs * spe
     out.mkdir(parents=True, exist_ok=True)

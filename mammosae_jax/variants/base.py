@@ -49,19 +49,49 @@ def scatter_dense(vals_BK: jax.Array, idx_BK: jax.Array, n_latents: int) -> jax.
     return jnp.zeros((vals_BK.shape[0], n_latents), vals_BK.dtype).at[rows_B1, idx_BK].set(vals_BK)
 
 
-def gather_pre(params: Params, xc_BD: jax.Array, idx_BK: jax.Array) -> jax.Array:
-    """Pre-activations of only the selected latents, recomputed from gathered encoder columns.
+def pre_bias(params: Params) -> jax.Array:
+    """c = b_enc - b_dec @ W_enc, so that (x - b_dec) @ W_enc + b_enc = x @ W_enc + c.
 
-    Differentiating this touches only the k gathered columns of W_enc (a scatter-add), unlike
-    differentiating through a dense (B, S) pre-activation matrix.
+    Folding the tied bias into the encoder bias makes its encoder-side gradient a matrix-vector
+    product instead of a (B, D) x (D, S) matmul in every backward pass.
     """
-    w_BKD = jnp.take(params["W_enc"].T, idx_BK, axis=0)
-    return jnp.einsum("bd,bkd->bk", xc_BD, w_BKD) + params["b_enc"][idx_BK]
+    return params["b_enc"] - params["b_dec"] @ params["W_enc"]
+
+
+@jax.custom_vjp
+def selected_pre(W_enc_DS: jax.Array, c_S: jax.Array, x_BD: jax.Array, idx_BK: jax.Array,
+                 pre_BS: jax.Array) -> jax.Array:
+    """(x @ W_enc + c)[b, idx[b, k]], read from `pre_BS` (which must hold x @ W_enc + c).
+
+    The value costs nothing (the dense pre-activations exist for the top-k selection); the
+    gradient is exact for W_enc, c and x but touches only the k selected columns of W_enc (one
+    scatter-add of k rows per token) and never forms a dense (B, S) cotangent. `pre_BS` is a
+    value hint and receives no gradient.
+    """
+    return jnp.take_along_axis(pre_BS, idx_BK, axis=1)
+
+
+def _selected_pre_fwd(W_enc_DS, c_S, x_BD, idx_BK, pre_BS):
+    return jnp.take_along_axis(pre_BS, idx_BK, axis=1), (W_enc_DS, x_BD, idx_BK)
+
+
+def _selected_pre_bwd(res, g_BK):
+    W_enc_DS, x_BD, idx_BK = res
+    D, S = W_enc_DS.shape
+    upd_BKD = g_BK[:, :, None] * x_BD[:, None, :]
+    # indices come from top_k: always in bounds, so skip XLA's bounds handling
+    d_W_enc = jnp.zeros((S, D), g_BK.dtype).at[idx_BK].add(upd_BKD, mode="promise_in_bounds").T
+    d_c = jnp.zeros((S,), g_BK.dtype).at[idx_BK].add(g_BK, mode="promise_in_bounds")
+    d_x = jnp.einsum("bk,bkd->bd", g_BK, jnp.take(W_enc_DS.T, idx_BK, axis=0, mode="clip"))  # dropped by XLA if unused
+    return d_W_enc, d_c, d_x, None, None
+
+
+selected_pre.defvjp(_selected_pre_fwd, _selected_pre_bwd)
 
 
 def decode_sparse(params: Params, vals_BK: jax.Array, idx_BK: jax.Array) -> jax.Array:
     """Σ_k vals[b, k] · W_dec[idx[b, k]] (no bias): only k dictionary rows per token are read."""
-    rows_BKD = jnp.take(params["W_dec"], idx_BK, axis=0)
+    rows_BKD = jnp.take(params["W_dec"], idx_BK, axis=0, mode="clip")  # top_k indices: in bounds
     return jnp.einsum("bk,bkd->bd", vals_BK, rows_BKD)
 
 

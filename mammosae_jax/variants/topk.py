@@ -1,9 +1,10 @@
 """TopK SAE (Gao et al. 2024) with the AuxK loss for dead latents.
 
 Each token keeps its k largest pre-activations (then ReLU). Training never differentiates a dense
-(B, S) matrix: the selection runs on stop-gradient pre-activations, the k selected values are
-recomputed from gathered encoder columns and decoded from gathered dictionary rows, so the
-backward pass touches only the selected rows of W_enc.T and W_dec.
+(B, S) matrix: the selection runs on stop-gradient pre-activations, the k selected values carry
+a sparse custom gradient (`base.selected_pre`) and are decoded from gathered dictionary rows, so
+the backward pass touches only the k selected columns of W_enc and rows of W_dec per token; the
+only dense matmul of the step is the forward encoder.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
-from mammosae_jax.variants.base import (TrainForward, decode_sparse, gather_pre, scatter_dense,
-                                        zero)
+from mammosae_jax.variants.base import (TrainForward, decode_sparse, pre_bias, scatter_dense,
+                                        selected_pre, zero)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mammosae_jax.sae import Params, SAEConfig
@@ -25,20 +26,26 @@ def auxk_loss(config: SAEConfig, params: Params, x_BD: jax.Array, x_hat_BD: jax.
     """AuxK: the top-k_aux *dead* latents reconstruct the (fixed) residual x - x̂.
 
     Normalised by the batch's total variance and scaled by min(n_dead / k_aux, 1), times
-    `config.aux_coeff`; zero when nothing is dead. Gradients reach only the selected dead latents.
+    `config.aux_coeff`. Gradients reach only the selected dead latents. When nothing is dead
+    the branch is skipped at run time (`lax.cond`), so healthy training pays nothing for it.
+    Unlike the main path this one is dense (k_aux = d_in/2 is large: a (B, k_aux, D) gather and
+    scatter-add cost more than the 4 matmuls here, measured on CPU).
     """
     if config.aux_coeff == 0.0:
         return zero()
     k_aux = config.resolved_aux_k
-    masked_BS = jnp.where(dead_S, jax.lax.stop_gradient(pre_BS), -jnp.inf)
-    _, idx_BK = jax.lax.top_k(masked_BS, k_aux)
-    xc_BD = x_BD - params["b_dec"]
-    vals_BK = jnp.where(dead_S[idx_BK], jax.nn.relu(gather_pre(params, xc_BD, idx_BK)), 0.0)
-    e_hat_BD = decode_sparse(params, vals_BK, idx_BK)
-    e_BD = jax.lax.stop_gradient(x_BD - x_hat_BD)
-    total_var = jnp.sum((x_BD - jnp.mean(x_BD, axis=0)) ** 2)
-    scale = jnp.minimum(jnp.sum(dead_S) / k_aux, 1.0)
-    return config.aux_coeff * scale * jnp.sum((e_hat_BD - e_BD) ** 2) / jnp.maximum(total_var, 1e-12)
+
+    def compute(_):
+        aux_pre_BS = x_BD @ params["W_enc"] + pre_bias(params)  # own copy: its dense backward stays in the branch
+        _, idx_BK = jax.lax.top_k(jnp.where(dead_S, jax.lax.stop_gradient(aux_pre_BS), -jnp.inf), k_aux)
+        vals_BK = jnp.where(dead_S[idx_BK], jax.nn.relu(jnp.take_along_axis(aux_pre_BS, idx_BK, axis=1)), 0.0)
+        e_hat_BD = scatter_dense(vals_BK, idx_BK, config.n_latents) @ params["W_dec"]
+        e_BD = jax.lax.stop_gradient(x_BD - x_hat_BD)
+        total_var = jnp.sum((x_BD - jnp.mean(x_BD, axis=0)) ** 2)
+        scale = jnp.minimum(jnp.sum(dead_S) / k_aux, 1.0)
+        return config.aux_coeff * scale * jnp.sum((e_hat_BD - e_BD) ** 2) / jnp.maximum(total_var, 1e-12)
+
+    return jax.lax.cond(jnp.any(dead_S), compute, lambda _: zero(), None)
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,9 @@ class TopK:
 
     def train_forward(self, config: SAEConfig, params: Params, x_BD: jax.Array,
                       pre_BS: jax.Array) -> TrainForward:
-        _, idx_BK = jax.lax.top_k(jax.lax.stop_gradient(pre_BS), config.k)
-        vals_BK = jax.nn.relu(gather_pre(params, x_BD - params["b_dec"], idx_BK))
+        pre_sg = jax.lax.stop_gradient(pre_BS)
+        _, idx_BK = jax.lax.top_k(pre_sg, config.k)
+        vals_BK = jax.nn.relu(selected_pre(params["W_enc"], pre_bias(params), x_BD, idx_BK, pre_sg))
         x_hat_BD = decode_sparse(params, vals_BK, idx_BK) + params["b_dec"]
         z_BS = jax.lax.stop_gradient(scatter_dense(vals_BK, idx_BK, config.n_latents))
         min_active = jnp.min(jnp.where(vals_BK > 0, jax.lax.stop_gradient(vals_BK), jnp.inf))
