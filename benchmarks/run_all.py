@@ -23,6 +23,8 @@ BENCHMARKS: tuple[str, ...] = (
     "benchmarks.cache_read",
     "benchmarks.interventions",
     "benchmarks.extract",
+    "benchmarks.sweep",
+    "benchmarks.convert_io",
 )
 
 

@@ -216,21 +216,27 @@ def draw_mass(canvas: np.ndarray, mass: Mass, scale: float) -> tuple[float, floa
     theta = np.arctan2(v, u)
     boundary = radius * _outline(mass, theta)
     edge_px = max(mass.edge * radius, 0.7)
-    core = 1.0 / (1.0 + np.exp((rho - boundary) / edge_px))
+    # Soft edge: a smoothstep from 1 at (outline - 2 edge) to 0 at (outline + 2 edge), so the mass
+    # has compact support and its box below contains every pixel it touches.
+    ramp = np.clip((boundary + 2.0 * edge_px - rho) / (4.0 * edge_px), 0.0, 1.0)
+    core = ramp * ramp * (3.0 - 2.0 * ramp)
     value = core * (1.0 + 0.3 * np.clip(1.0 - rho / boundary, 0.0, 1.0))
     if mass.spicules:
         value = np.maximum(value, _spicules(mass, dx, dy, radius, scale))
     canvas[win] += (mass.amp * value).astype(np.float32)
-    # Box: the outline (out to where the soft edge has faded to 12 %) sampled densely and mapped
-    # back to image coordinates, plus the tips of any spicules.
+    # Box: the outline plus the whole soft edge, sampled densely and mapped back to image
+    # coordinates, plus the tips of any spicules (and their width).
     phi = np.linspace(-np.pi, np.pi, 720, endpoint=False)
     r = radius * _outline(mass, phi) + 2.0 * edge_px
     bu, bv = r * np.cos(phi), r * np.sin(phi) * mass.aspect
     bx = cx + bu * cos_a - bv * sin_a
     by = cy + bu * sin_a + bv * cos_a
-    tips = [(cx + (1 + ln) * radius * math.cos(a), cy + (1 + ln) * radius * math.sin(a)) for a, ln in mass.spicules]
-    bx = np.concatenate([bx, [t[0] for t in tips]])
-    by = np.concatenate([by, [t[1] for t in tips]])
+    if mass.spicules:
+        reach = np.array([(1 + ln) * radius for _, ln in mass.spicules])
+        angles = np.array([a for a, _ in mass.spicules])
+        pad = max(mass.spicule_width * scale, 0.6)
+        bx = np.concatenate([bx, cx + reach * np.cos(angles) - pad, cx + reach * np.cos(angles) + pad])
+        by = np.concatenate([by, cy + reach * np.sin(angles) - pad, cy + reach * np.sin(angles) + pad])
     return _clip_box((bx.min(), by.min(), bx.max(), by.max()), width, height)
 
 

@@ -62,9 +62,9 @@ class PhantomConfig:
     """Probability that a breast has a mass (shown in both of its views)."""
     calc_prevalence: float = 0.25
     """Probability that a breast has a suspicious calcification cluster (independent of masses)."""
-    coarse_calc_rate: float = 0.4
+    coarse_calc_rate: float = 0.3
     """Probability that a breast has benign coarse calcifications (look-alikes, BI-RADS 2)."""
-    crossing_rate: float = 0.5
+    crossing_rate: float = 0.3
     """Probability that a view has bright vessel crossings (look-alikes)."""
     lesion_contrast: float = 1.0
     """Multiplier on the added intensity of masses and suspicious specks."""
@@ -122,7 +122,7 @@ class MassDraw:
     """View-independent attributes of a breast's mass (position and rotation are per view)."""
 
     kind: str  # one of MASS_SHAPES
-    radius: float  # fraction of W (diameter 4-12 % of the width)
+    radius: float  # fraction of W (diameter 6-16 % of the width)
     aspect: float
     harmonics: tuple[tuple[float, float], ...]
     edge: float
@@ -184,11 +184,11 @@ def _draw_mass(rng: np.random.Generator, contrast: float) -> MassDraw:
         spicules = tuple((float(a), float(ln)) for a, ln in zip(rng.uniform(0, 2 * np.pi, n), rng.uniform(0.4, 1.2, n)))
     return MassDraw(
         kind=kind,
-        radius=float(rng.uniform(0.02, 0.06)),
+        radius=float(rng.uniform(0.03, 0.08)),
         aspect=float(rng.uniform(*aspect)),
         harmonics=harmonics,
         edge=float(rng.uniform(*edge)),
-        amp=float(rng.uniform(0.16, 0.26) * contrast),
+        amp=float(rng.uniform(0.28, 0.42) * contrast),
         spicules=spicules,
         spicule_width=float(rng.uniform(1.0, 2.0)),
     )
@@ -196,7 +196,7 @@ def _draw_mass(rng: np.random.Generator, contrast: float) -> MassDraw:
 
 def _draw_cluster(rng: np.random.Generator, contrast: float) -> ClusterDraw:
     n = int(rng.integers(5, 31))
-    spread = rng.uniform(6.0, 16.0)  # reference pixels
+    spread = rng.uniform(10.0, 28.0)  # reference pixels
     elong = rng.uniform(1.0, 2.5)
     angle = rng.uniform(0, np.pi)
     xy = rng.normal(size=(n, 2)) * np.array([spread * elong, spread / elong])
@@ -206,7 +206,7 @@ def _draw_cluster(rng: np.random.Generator, contrast: float) -> ClusterDraw:
     return ClusterDraw(
         offsets_ref=tuple((float(a), float(b)) for a, b in xy),
         sizes=tuple(rng.uniform(1.0, 4.0, n).tolist()),
-        amps=tuple((rng.uniform(0.3, 0.5, n) * contrast).tolist()),
+        amps=tuple((rng.uniform(0.35, 0.55, n) * contrast).tolist()),
     )
 
 

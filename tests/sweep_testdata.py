@@ -8,11 +8,12 @@ import numpy as np
 from train_testdata import DIM, GRID
 
 
-def write_labelled_cache(path: Path, n_images: int = 32, seed: int = 1) -> Path:
+def write_labelled_cache(path: Path, n_images: int = 48, seed: int = 1) -> Path:
     """`n_images` images (2 per patient, every 4th patient in `test`); Mass = 1 when atom 0 is strong.
 
-    The stored head reads the pooled projection on atom 0, so the concept is recoverable from a
-    good reconstruction; both classes occur in the test split.
+    The stored head reads the pooled projection on atom 0, so the concept is partly recoverable
+    from a good reconstruction (raw-feature AUROC 0.86, not 1: the SAE-only AUROC is informative);
+    both classes occur in the test split.
     """
     from cache import CacheWriter
 
@@ -20,7 +21,7 @@ def write_labelled_cache(path: Path, n_images: int = 32, seed: int = 1) -> Path:
     atoms = rng.normal(size=(12, DIM)).astype(np.float32)
     mass = (np.arange(n_images) // 2 + np.arange(n_images)) % 3 == 0
     codes = rng.exponential(size=(n_images, *GRID, 12)) * (rng.random((n_images, *GRID, 12)) < 0.2)
-    codes[..., 0] += np.where(mass, 2.0, 0.0)[:, None, None]
+    codes[..., 0] += np.where(mass, 0.5, 0.0)[:, None, None]  # weak: raw AUROC 0.86 on 12 test images
     maps = (codes @ atoms + 0.05 * rng.normal(size=(n_images, *GRID, DIM)) + 0.5).astype(np.float32)
     split = ["test" if (i // 2) % 4 == 3 else "training" for i in range(n_images)]
     with CacheWriter(path, grid=GRID, dim=DIM, dtype="float32", label_names=["Mass"], shard_size=8) as w:

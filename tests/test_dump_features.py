@@ -156,7 +156,7 @@ def test_random_weights_are_recorded_and_carry_image_content(data, tmp_path):
 
 def test_kill_and_resume_gives_an_identical_cache(data, classifier, tmp_path):
     """SIGKILL the script (run as a file) after its first shard; rerunning it finishes the same cache."""
-    n = 8
+    n = 6
     args = [sys.executable, str(REPO / "extract" / "dump_features.py"),
             *cli(data, tmp_path / "x", "--checkpoint", str(classifier[0]), "--batch-size", "1",
                  "--shard-size", "2", "--dtype", "float32", "--limit", str(n))]
@@ -267,8 +267,8 @@ def test_help_lists_every_option(capsys):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(data, tmp_path):
-    common = ["--random-weights", "--arch", "b2", "--batch-size", "2", "--dtype", "float32", "--device", "cpu"]
+def test_two_processes_equal_one(data, classifier, tmp_path):
+    common = ["--checkpoint", str(classifier[0]), "--batch-size", "2", "--dtype", "float32", "--device", "cpu"]
     one = subprocess.run([sys.executable, "extract/dump_features.py", *cli(data, tmp_path / "one", *common)],
                          cwd=REPO, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
@@ -279,6 +279,8 @@ def test_two_processes_equal_one(data, tmp_path):
     a, b = open_cache(tmp_path / "one"), open_cache(tmp_path / "two")
     assert a.image_ids == b.image_ids and len(b.manifest["ranks"]) == 2
     for i in range(N_IMAGES):
-        np.testing.assert_allclose(a.feature_map(i), b.feature_map(i), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.feature_map(i), b.feature_map(i), rtol=1e-3, atol=1e-4)  # thread counts differ
+    np.testing.assert_allclose(a.logits(), b.logits(), rtol=1e-3, atol=1e-5)
     pd.testing.assert_frame_equal(a.rows, b.rows)
+    assert b.head().label == "Suspicious_Calcification"
     assert b.verify().n_images == N_IMAGES

@@ -11,7 +11,7 @@ from mammosae_jax.sae import SAEConfig
 from mammosae_jax.train import main
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
-from mammosae_jax.training.loop import TrainError, train
+from mammosae_jax.training.loop import train
 from train_testdata import DIM, FaultyCache, write_train_cache
 
 # 24 images -> 16 training (8 patients), 4 validation (2 patients), 4 test; 8 positions each

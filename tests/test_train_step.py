@@ -1,5 +1,4 @@
 """The training step against a float64 NumPy implementation of SPEC §3, resampling, sharding."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp

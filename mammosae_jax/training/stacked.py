@@ -90,15 +90,17 @@ def stack_trees(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def member_tree(tree: Any, i: int) -> Any:
-    """Member `i`'s slice of a stacked pytree."""
+@jax.jit
+def member_tree(tree: Any, i: int | jax.Array) -> Any:
+    """Member `i`'s slice of a stacked pytree (one compiled program per tree structure, any i)."""
     return jax.tree.map(lambda a: a[i], tree)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
 def init_stacked_state(template: SAEConfig, tc: TrainConfig, key: jax.Array, n: int) -> TrainState:
     """n copies of the state a single run with `key` starts from (same init for every member)."""
     state = init_state(template, make_optimizer(tc), key)
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)).copy(), state)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), state)
 
 
 def _member_config(template: SAEConfig, l1_coeff: jax.Array) -> SAEConfig:

@@ -1,6 +1,7 @@
 """One jitted training step: loss, decoder-gradient projection, Adam, renormalisation."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, NamedTuple
 
@@ -57,7 +58,6 @@ def train_step(config: SAEConfig, optimizer: optax.GradientTransformation, dead_
     return new_state, metrics
 
 
-@functools.lru_cache(maxsize=32)
 def make_train_step(config: SAEConfig, train: TrainConfig,
                     out_sharding: jax.sharding.Sharding | None = None
                     ) -> Callable[[TrainState, jax.Array], tuple[TrainState, StepMetrics]]:
@@ -65,10 +65,16 @@ def make_train_step(config: SAEConfig, train: TrainConfig,
 
     Adam settings, the dead-latent window and the threshold EMA come from `train`;
     `out_sharding` (from `training.mesh`) pins the outputs, e.g. replicated parameters.
-    Cached: the same (config, train, sharding) reuses the compiled step.
+    Runs that agree on those settings share one compiled step.
     """
-    optimizer = make_optimizer(train)
-    dead_after, ema = train.dead_after_steps(), train.threshold_ema
+    adam = dataclasses.replace(TrainConfig(steps=1), lr=train.lr, b1=train.b1, b2=train.b2, eps=train.eps)
+    return _cached_step(config, adam, train.dead_after_steps(), train.threshold_ema, out_sharding)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_step(config: SAEConfig, adam: TrainConfig, dead_after: int, ema: float,
+                 out_sharding: jax.sharding.Sharding | None):
+    optimizer = make_optimizer(adam)
 
     def step(state: TrainState, x_BD: jax.Array) -> tuple[TrainState, StepMetrics]:
         return train_step(config, optimizer, dead_after, ema, state, x_BD)
