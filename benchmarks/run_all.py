@@ -25,6 +25,7 @@ BENCHMARKS: tuple[str, ...] = (
     "benchmarks.extract",
     "benchmarks.sweep",
     "benchmarks.convert_io",
+    "benchmarks.phantoms",
 )
 
 

@@ -114,7 +114,7 @@ def guess_head_label(path: str | os.PathLike, n_classes: int) -> str:
     return "head"
 
 
-def _split_torch_state(path: Path, state: dict[str, Any]) -> tuple[dict, dict, list[str]]:
+def _split_torch_state(state: dict[str, Any]) -> tuple[dict, dict, list[str]]:
     """Split a CLIP/classifier `model` dict into encoder tensors, head tensors and unknown keys."""
     encoder, head, unknown = {}, {}, []
     for key, value in state.items():
@@ -131,7 +131,7 @@ def _read_torch(path: Path, head_label: str | None) -> EncoderCheckpoint:
     obj = safe_torch_load(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise CheckpointError(f"{path} is not a Mammo-CLIP checkpoint: expected a dict with a 'model' state dict")
-    encoder, head_sd, unknown = _split_torch_state(path, obj["model"])
+    encoder, head_sd, unknown = _split_torch_state(obj["model"])
     if unknown:
         raise CheckpointError(f"{path}: unexpected keys in 'model': {', '.join(sorted(unknown)[:8])}"
                               + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""))

@@ -357,7 +357,7 @@ def render(spec: ImageSpec, height: int, width: int) -> Rendered:
         mass_boxes = [draw_mass(canvas, m, scale) for m in spec.masses]
         calc_boxes = [draw_cluster(canvas, c, scale) for c in spec.clusters]
         region = canvas[r0:r1, :c1]
-        beyond = _periphery(region, edge_px[r0:r1], width, scale)
+        outside = _periphery(region, edge_px[r0:r1], width, scale)
         region *= 255.0
         if spec.noise > 0:
             tile = _noise_tile(spec.noise, height, width)
@@ -367,7 +367,7 @@ def render(spec: ImageSpec, height: int, width: int) -> Rendered:
             region += 0.5
         np.clip(region, 0.0, 255.0, out=region)
         block = region.astype(np.uint8)
-        block[beyond] = 0
+        block[outside] = 0
         out[r0:r1, :c1] = block
     if spec.laterality == "R":
         out = np.ascontiguousarray(out[:, ::-1])

@@ -36,6 +36,14 @@ class DemoConfig:
     """phantom PNG width in pixels (VinDr PNGs are 912)."""
     seed: int = 0
     """seed of the phantoms, the random encoder and the SAE."""
+    lesion_contrast: float = 1.5
+    """phantom lesion contrast (1 = the generator's default)."""
+    coarse_calc_rate: float = 0.1
+    """fraction of breasts with a benign coarse calcification (a look-alike)."""
+    crossing_rate: float = 0.1
+    """fraction of views with a bright vessel crossing (a look-alike)."""
+    calib_images: int = 32
+    """images in the single BatchNorm-calibration batch of the random encoder."""
     arch: str = "b5"
     """EfficientNet variant of the (random-weight) encoder: b5 or b2."""
     variant: str = "topk"
@@ -79,11 +87,13 @@ def build_stages(c: DemoConfig, out: Path) -> list[Stage]:
     stages = [
         Stage("phantoms", python_module(
             "extract.phantoms", "--out", str(data), "--n-images", str(c.n_images), "--seed", str(c.seed),
-            "--height", str(c.height), "--width", str(c.width), "--quiet"), data),
+            "--height", str(c.height), "--width", str(c.width), "--lesion-contrast", str(c.lesion_contrast),
+            "--coarse-calc-rate", str(c.coarse_calc_rate), "--crossing-rate", str(c.crossing_rate), "--quiet"), data),
         Stage("extract", (
             sys.executable, str(Path(__file__).resolve().parents[1] / "extract" / "dump_features.py"),
             "--csv", str(csv), "--images", str(images), "--random-weights", "--arch", c.arch,
-            "--split", "all", "--out", str(cache), "--seed", str(c.seed), "--overwrite"), cache),
+            "--split", "all", "--out", str(cache), "--seed", str(c.seed), "--calib-images", str(c.calib_images),
+            "--overwrite"), cache),
         Stage("train", python_module(
             "mammosae_jax.train", "--cache", str(cache), "--out", str(run), "--variant", c.variant,
             "--expansion", str(c.expansion), "--k", str(c.k), "--l1", str(c.l1), "--lr", str(c.lr),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from extract_testutils import encoder_state, write_classifier_pth, write_clip_tar
+from extract_testutils import ONE_THREAD_ENV, encoder_state, one_torch_thread, write_classifier_pth, write_clip_tar  # noqa: F401
 from safetensors import safe_open
 
 from extract import checkpoints
@@ -87,7 +87,7 @@ def test_convert_clip_tar_via_module_cli(tmp_path, state):
     src, dst = tmp_path / "clip.tar", tmp_path / "clip.safetensors"
     write_clip_tar(src, state, channels=1408)
     result = subprocess.run([sys.executable, "-m", "extract.convert_checkpoint", str(src), str(dst)],
-                            cwd=REPO, capture_output=True, text=True)
+                            cwd=REPO, capture_output=True, text=True, env=ONE_THREAD_ENV)
     assert result.returncode == 0, result.stderr
     ckpt = read_checkpoint(dst)
     assert ckpt.head is None and ckpt.meta["epoch"] == 7

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from extract_testutils import encoder_state, write_classifier_pth
+from extract_testutils import ONE_THREAD_ENV, encoder_state, one_torch_thread, write_classifier_pth  # noqa: F401
 from PIL import Image
 
 from cache import open_cache
@@ -156,7 +156,7 @@ def test_random_weights_are_recorded_and_carry_image_content(data, tmp_path):
 
 def test_kill_and_resume_gives_an_identical_cache(data, classifier, tmp_path):
     """SIGKILL the script (run as a file) after its first shard; rerunning it finishes the same cache."""
-    n = 6
+    n = N_IMAGES
     args = [sys.executable, str(REPO / "extract" / "dump_features.py"),
             *cli(data, tmp_path / "x", "--checkpoint", str(classifier[0]), "--batch-size", "1",
                  "--shard-size", "2", "--dtype", "float32", "--limit", str(n))]
@@ -164,17 +164,17 @@ def test_kill_and_resume_gives_an_identical_cache(data, classifier, tmp_path):
     whole[whole.index(str(tmp_path / "x"))] = str(tmp_path / "whole")
     main(whole)  # the uninterrupted run, in this process
     interrupted = tmp_path / "x" / "manifest.json"
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD_ENV)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if interrupted.exists() and json.loads(interrupted.read_text())["n_images"] >= 2:
             proc.send_signal(signal.SIGKILL)
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     manifest = json.loads(interrupted.read_text())
     assert not manifest["complete"] and 2 <= manifest["n_images"] < n
-    resumed = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    resumed = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, env=ONE_THREAD_ENV)
     assert resumed.returncode == 0, resumed.stderr
     a, b = open_cache(tmp_path / "whole"), open_cache(tmp_path / "x")
     assert a.image_ids == b.image_ids and len(b) == n
@@ -270,11 +270,11 @@ def test_help_lists_every_option(capsys):
 def test_two_processes_equal_one(data, classifier, tmp_path):
     common = ["--checkpoint", str(classifier[0]), "--batch-size", "2", "--dtype", "float32", "--device", "cpu"]
     one = subprocess.run([sys.executable, "extract/dump_features.py", *cli(data, tmp_path / "one", *common)],
-                         cwd=REPO, capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True, env=ONE_THREAD_ENV)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                           "--master-port", "29517", "extract/dump_features.py", *cli(data, tmp_path / "two", *common)],
-                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         cwd=REPO, capture_output=True, text=True, env=ONE_THREAD_ENV)
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = open_cache(tmp_path / "one"), open_cache(tmp_path / "two")
     assert a.image_ids == b.image_ids and len(b.manifest["ranks"]) == 2

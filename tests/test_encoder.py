@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from efficientnet_pytorch.utils import Conv2dStaticSamePadding
 
+from extract_testutils import one_torch_thread  # noqa: F401 (autouse)
+
 from extract.calibration import calibrate_batchnorm, random_calibrated_encoder
 from extract.encoder import ARCHS, build_encoder, feature_grid, local_features, reinitialise, static_pads
 

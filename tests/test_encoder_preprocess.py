@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from extract_testutils import one_torch_thread  # noqa: F401 (autouse)
+
 from extract.preprocess import AugmentConfig, ImageError, augment_grey, load_model_input, normalise, read_grey
 
 OFF = AugmentConfig(p_hflip=0, p_vflip=0, p_affine=0, p_elastic=0)

@@ -1,0 +1,110 @@
+"""The demo's stage runner and quality gates (fast), and the whole demo at a small size (slow)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mammosae_jax.demo import DemoConfig, build_stages, parse_config
+from mammosae_jax.demo_gates import evaluate_gates
+from mammosae_jax.pipeline import Stage, StageFailed, run_stage
+
+
+def _write_stage(tmp_path: Path, text: str) -> Stage:
+    target = tmp_path / "out.txt"
+    code = f"import pathlib; p = pathlib.Path({str(target)!r}); p.write_text(p.read_text() + {text!r} if p.exists() else {text!r})"
+    return Stage("write", (sys.executable, "-c", code), tmp_path)
+
+
+def test_stage_runs_once_then_is_reused_and_reruns_when_its_command_changes(tmp_path: Path) -> None:
+    first = run_stage(_write_stage(tmp_path, "a"), tmp_path / "logs")
+    again = run_stage(_write_stage(tmp_path, "a"), tmp_path / "logs")
+    changed = run_stage(_write_stage(tmp_path, "b"), tmp_path / "logs")
+    assert (first.skipped, again.skipped, changed.skipped) == (False, True, False)
+    assert (tmp_path / "out.txt").read_text() == "ab"
+
+
+def test_failing_stage_raises_with_log_tail_and_leaves_no_marker(tmp_path: Path) -> None:
+    stage = Stage("boom", (sys.executable, "-c", "import sys; print('went wrong here'); sys.exit(3)"), tmp_path)
+    with pytest.raises(StageFailed, match=r"(?s)exit 3.*went wrong here"):
+        run_stage(stage, tmp_path / "logs")
+    assert not stage.marker.exists()
+
+
+def test_clean_stage_removes_its_folder_before_running(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "stale.txt").write_text("old")
+    run_stage(Stage("clean", (sys.executable, "-c", "pass"), run_dir, clean=True), tmp_path / "logs")
+    assert not (run_dir / "stale.txt").exists()
+
+
+def test_every_demo_flag_reaches_the_config_and_the_commands(tmp_path: Path) -> None:
+    config, out, force = parse_config(["--out", str(tmp_path), "--n-images", "40", "--variant", "relu", "--l1", "0.001"])
+    assert (config.n_images, config.variant, config.l1, out, force) == (40, "relu", 0.001, tmp_path, False)
+    commands = {s.name: s.argv for s in build_stages(config, tmp_path)}
+    assert commands["phantoms"][commands["phantoms"].index("--n-images") + 1] == "40"
+    assert commands["train"][commands["train"].index("--l1") + 1] == "0.001"
+    assert [n for n in commands if n.startswith("intervene")] == ["intervene-Suspicious_Calcification", "intervene-Mass"]
+
+
+def _fake_outputs(out: Path, raw: float, sae: float, on10: float, off50: float, fvu: float, l0: float, hit: float) -> None:
+    """Output files in the formats the stages write, with chosen numbers."""
+    (out / "evaluation").mkdir(parents=True)
+    (out / "interventions").mkdir()
+    (out / "sae_run").mkdir()
+    (out / "sae_run" / "cfg.json").write_text(json.dumps({"d_sae": 1000}))
+    for label in ("Suspicious_Calcification", "Mass"):
+        metrics = {"image": {"raw": {"aucroc": raw}, "sae": {"aucroc": sae}}}
+        recon = {"fvu": fvu, "l0": l0}
+        (out / "evaluation" / f"evaluation_{label}.json").write_text(json.dumps({"metrics": metrics, "reconstruction": recon}))
+        (out / "interventions" / f"topk_on_{label}.json").write_text(json.dumps([{"k": 10, "aucroc": on10}]))
+        (out / "interventions" / f"topk_off_{label}.json").write_text(json.dumps([{"k": 50, "aucroc": off50}]))
+        (out / "interventions" / f"intervene_summary_{label}.json").write_text(
+            json.dumps({"reference": {"sae": {"aucroc": sae}}}))
+    heat = out / "heatmaps" / "Suspicious_Calcification"
+    heat.mkdir(parents=True)
+    heat.joinpath("latent_scores.csv").write_text(
+        f"rank,latent,rule,hit_rate\n0,7,threshold,{hit}\n1,9,threshold,0.1\n0,7,percentile,1.0\n")
+
+
+def test_gates_pass_and_fail_on_the_numbers_in_the_output_files(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    _fake_outputs(good, raw=0.90, sae=0.89, on10=0.87, off50=0.60, fvu=0.2, l0=40, hit=0.7)
+    _fake_outputs(bad, raw=0.80, sae=0.70, on10=0.60, off50=0.40, fvu=0.3, l0=60, hit=0.5)
+    good_gates = evaluate_gates(good, DemoConfig())
+    bad_gates = evaluate_gates(bad, DemoConfig())
+    assert all(g.passed for g in good_gates), [g.line() for g in good_gates if not g.passed]
+    failed = {g.name for g in bad_gates if not g.passed}
+    assert len(bad_gates) == 11 and {g.name for g in bad_gates} - failed == {
+        "Suspicious_Calcification: AUROC drop with top-50 deactivated", "Mass: AUROC drop with top-50 deactivated"}
+    hit_gate = next(g for g in good_gates if "hit rate" in g.name)
+    assert hit_gate.value == pytest.approx(0.7) and "latent 7" in hit_gate.note
+
+
+def test_missing_outputs_fail_the_gates_with_a_reason(tmp_path: Path) -> None:
+    gates = evaluate_gates(tmp_path, DemoConfig())
+    assert gates and not any(g.passed for g in gates)
+    assert all(g.value is None and g.note for g in gates)
+
+
+def test_demo_help_lists_the_knobs() -> None:
+    text = subprocess.run([sys.executable, "-m", "mammosae_jax.demo", "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    for flag in ("--n-images", "--arch", "--variant", "--steps", "--force"):
+        assert flag in text
+
+
+@pytest.mark.slow
+def test_demo_at_a_small_size_meets_its_gates(tmp_path: Path) -> None:
+    """The whole pipeline on phantoms; the quality gates of issue 9 must hold."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "mammosae_jax.demo", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "report.md").exists()
+    gates = evaluate_gates(out, DemoConfig())
+    assert all(g.passed for g in gates), "\n".join(g.line() for g in gates)
