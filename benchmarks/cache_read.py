@@ -16,7 +16,6 @@ Targets: tokens (epoch 1) >= 70 % of sequential; peak RSS < 1 GB.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import write_result
 
 GRID = (48, 29)
 DIM = 2048
@@ -157,11 +158,7 @@ def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, na
         },
     }
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = out.with_name(out.name + ".tmp")
-        tmp_out.write_text(json.dumps(result, indent=2))
-        os.replace(tmp_out, out)
+        write_result(out, result)
     return result
 
 

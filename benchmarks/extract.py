@@ -14,7 +14,6 @@ a bare B5 forward per image at the given sizes (to size the demo).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.common import write_result
 from extract.dump_features import ExtractConfig, extract, pick_device
 from extract.encoder import build_encoder, local_features, reinitialise
 from extract.phantoms import PhantomConfig, generate
@@ -152,10 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"speed-up: {result['ratios']['extract_speedup']['value']:.2f}x")
     for size, seconds in result.get("forward_s_per_image", {}).items():
         print(f"bare {result['arch']} forward at {size}: {seconds:.3f} s/image")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, args.out)
+    write_result(args.out, result)
     print(f"written {args.out}")
 
 

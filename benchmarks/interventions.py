@@ -19,8 +19,6 @@ random ReLU SAE and a random linear head. Two comparisons:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
+from benchmarks.common import write_result
 from mammosae_jax import sae as sae_lib
 from mammosae_jax.heads import make_head
 from mammosae_jax.interventions import DEFAULT_KS, fold_head_params, k_list, masked_logits, sweep_masks
@@ -171,10 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(a.n_images, grid, a.d_in, a.n_latents, a.batch, repeats=a.repeats)
     print(format_table(result))
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_result(out, result)
     print(f"wrote {out}")
 
 

@@ -17,12 +17,12 @@ sequential runs also write one orbax checkpoint each (the sweep writes none).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.common import write_result
 
 GRID = (8, 8)
 
@@ -164,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in result["ratios"].items():
         print(f"{name}: {r['value']:.3g} (target {r['target']:g}) - {r['what']}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.out)
+        write_result(args.out, result)
     return 0
 
 

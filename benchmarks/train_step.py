@@ -16,11 +16,11 @@ encoder 2·B·D·S plus 12·B·k·D gathered terms for topk) over a matmul peak 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import write_result
 
 PRESETS = {
     "cpu-small": dict(d_in=512, n_latents=4096, batch=1024, k=32),
@@ -176,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in result["ratios"].items():
         print(f"{name}: {r['value']:.3g} (target {r['target']})")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.out)
+        write_result(args.out, result)
     return 0
 
 

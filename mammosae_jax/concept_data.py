@@ -1,13 +1,13 @@
 """Shared plumbing of the concept CLIs: labels per row or per image, split selection, JSON output."""
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from mammosae_jax.atomic import write_json_atomic
 
 UNITS = ("row", "image")
 DENSITY_CLASSES = ("A", "B", "C", "D")
@@ -66,17 +66,8 @@ def units(cache, label: str, images: np.ndarray, per: str) -> Units:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=4)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``obj`` as JSON (indent 4, no trailing newline) atomically."""
+    write_json_atomic(path, obj, indent=4)
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:

@@ -1,11 +1,13 @@
 """Fit a concept head on pooled training features (for caches made without a downstream checkpoint).
 
-    python -m mammosae_jax.fit_head --cache CACHE --label Mass --out HEAD.safetensors [--C 1.0]
+    python -m mammosae_jax.fit_head --cache CACHE --label Mass --out HEAD.safetensors [--C auto|1.0]
 
 Class-balanced logistic regression (scikit-learn, lbfgs) on standardised pooled features of the
 training split, image-level labels (max over the image's rows); density is 4-class multinomial.
 The standardisation is folded back, so the saved head is a plain ``logit = W @ pooled + b`` on raw
-pooled features, like the reference's heads.
+pooled features, like the reference's heads. ``--C auto`` (the default) picks the regularisation
+strength by cross-validation on the training split, folds grouped by patient so that no patient is
+on both sides (AUROC for binary labels, accuracy for density).
 """
 from __future__ import annotations
 
@@ -54,6 +56,46 @@ def fit_head_arrays(pooled_NC: np.ndarray, labels_N: np.ndarray, label: str, con
     return make_head(w_KC, b_K, label, class_names_of(label))
 
 
+C_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def cross_validated_scores(pooled_NC: np.ndarray, labels_N: np.ndarray, groups_N: np.ndarray, label: str,
+                           grid: tuple[float, ...] = C_GRID, folds: int = 5, max_iter: int = 2000) -> dict[float, float]:
+    """Patient-grouped k-fold score of each C (AUROC for binary labels, accuracy for density)."""
+    from sklearn.metrics import accuracy_score, roc_auc_score
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(labels_N, np.int64)
+    n_groups = len(np.unique(groups_N))
+    if n_groups < 2:
+        raise ConceptError("choosing C by cross-validation needs images of at least 2 patients; pass --C")
+    cv = GroupKFold(min(folds, n_groups))
+    scores = {}
+    for C in grid:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter))
+        if n_classes_of(label) == 2:
+            p = cross_val_predict(model, pooled_NC, y, groups=groups_N, cv=cv, method="decision_function")
+            scores[C] = float(roc_auc_score(y, p))
+        else:
+            p = cross_val_predict(model, pooled_NC, y, groups=groups_N, cv=cv)
+            scores[C] = float(accuracy_score(y, p))
+    return scores
+
+
+def _parse_C(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--C takes 'auto' or a positive number, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--C must be positive, got {value}")
+    return value
+
+
 def _summary(name: str, labels, logits) -> str:
     try:
         m = head_metrics(labels, logits)
@@ -69,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", required=True, help="feature cache folder (needs a 'training' split)")
     p.add_argument("--label", required=True, help="Mass | Suspicious_Calcification | density")
     p.add_argument("--out", required=True, help="output head file (.safetensors)")
-    p.add_argument("--C", type=float, default=FitConfig.C, help="inverse L2 regularisation strength (default 1.0)")
+    p.add_argument("--C", type=_parse_C, default=None,
+                   help=f"inverse L2 strength on standardised features, or 'auto' (default): the best of {list(C_GRID)} "
+                        "by patient-grouped 5-fold cross-validation on the training split")
     p.add_argument("--max-iter", type=int, default=FitConfig.max_iter, help="lbfgs iterations (default 2000)")
     p.add_argument("--train-split", default="training", help="split to fit on (default: training)")
     p.add_argument("--test-split", default="test", help="split to report on if present (default: test)")
@@ -80,7 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         pooled = cache.pooled()
         labels = cache.labels[a.label].to_numpy(np.int64)
         train = split_images(cache, a.train_split)
-        head = fit_head_arrays(pooled[train], labels[train], a.label, FitConfig(C=a.C, max_iter=a.max_iter))
+        C = a.C
+        if C is None:
+            groups = np.asarray(cache.labels["patient_id"])[train]
+            scores = cross_validated_scores(pooled[train], labels[train], groups, a.label, max_iter=a.max_iter)
+            C = max(scores, key=scores.get)
+            print("cross-validated C: " + ", ".join(f"{c:g} -> {v:.4f}" for c, v in scores.items()) + f"; chose {C:g}")
+        head = fit_head_arrays(pooled[train], labels[train], a.label, FitConfig(C=C, max_iter=a.max_iter))
         save_head(a.out, head)
         print(f"wrote {a.out}: '{a.label}' head, K={head.n_outputs}, C={head.dim}")
         print(_summary(f"{a.train_split} ({len(train)} images)", labels[train], head_logits(head, pooled[train])))

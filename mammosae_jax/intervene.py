@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from mammosae_jax.atomic import write_text_atomic
 from mammosae_jax.concept_data import ConceptError, n_classes_of, save_figure, split_images, units, write_json
 from mammosae_jax.evaluate import check_sae_dim, resolve_head
 from mammosae_jax.heads import Head, HeadError, head_logits
@@ -119,10 +118,7 @@ def write_ablation_csv(path: Path, ablation_nC: np.ndarray) -> None:
     w.writerow(["latent", *(f"mean_dlogit_class={c}" for c in range(ablation_nC.shape[1]))])
     for j in order:
         w.writerow([int(j), *(f"{v:.6g}" for v in ablation_nC[j])])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def write_outputs(out: Path, result: InterventionResult, extra_summary: dict) -> list[Path]:

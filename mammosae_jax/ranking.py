@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from mammosae_jax.atomic import write_text_atomic
 
 SCORES = ("centered", "mean")
 
@@ -108,17 +109,6 @@ def ranking_filename(c: int, label: str, suffix: str = "") -> str:
     return f"top_k_concepts_class={c}_{label}{tail}.json"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_ranking(out_dir: str | os.PathLike, ranking: Ranking, suffix: str = "") -> list[Path]:
     """Write one JSON file per class in the reference format; returns the paths."""
     out = Path(out_dir)
@@ -130,7 +120,7 @@ def write_ranking(out_dir: str | os.PathLike, ranking: Ranking, suffix: str = ""
             {"rank": r, "index": int(j), "importance": float(ranking.importance_Cn[c, j])} for r, j in enumerate(order)
         ]
         path = out / ranking_filename(c, ranking.label, suffix)
-        _atomic_write_text(path, json.dumps(records, indent=4))
+        write_text_atomic(path, json.dumps(records, indent=4))
         paths.append(path)
     return paths
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -38,6 +36,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mammosae_jax import heatmap_figures as figs
+from mammosae_jax.atomic import write_text_atomic
 from mammosae_jax.galleries import LatentScan, cell_box, patch_window, scan_cache
 from mammosae_jax.heatmaps import latent_encoder, latent_maps, upsample_bilinear
 from mammosae_jax.localization import (IOU_THRESHOLDS, LatentSummary, PairScores, clip_boxes,
@@ -189,19 +188,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(float(value)) else float(value)
     return value
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def pair_record(scores: PairScores, prefix: str = "") -> dict[str, Any]:

@@ -81,3 +81,42 @@ def test_fit_head_cli(tmp_path, capsys):
         "error: label 'Nipple' is not in the cache; it has Mass, Suspicious_Calcification, density"
     )
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cross_validated_scores_equal_an_independent_grouped_cv():
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression
+
+    from mammosae_jax.fit_head import cross_validated_scores
+
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(30), 4)
+    y = (rng.random(120) < 0.4).astype(np.int64)
+    x = rng.normal(size=(120, 40)) + 0.8 * y[:, None] * (np.arange(40) < 2)
+    scores = cross_validated_scores(x, y, groups, "Mass", grid=(1e-3, 1.0), folds=5)
+    for C, got in scores.items():
+        pred = np.empty(120)
+        for train, held in GroupKFold(5).split(x, y, groups):
+            scaler = StandardScaler().fit(x[train])
+            model = LogisticRegression(C=C, class_weight="balanced", max_iter=2000).fit(scaler.transform(x[train]), y[train])
+            pred[held] = model.decision_function(scaler.transform(x[held]))
+        assert got == pytest.approx(roc_auc_score(y, pred), abs=1e-9)
+    assert set(scores) == {1e-3, 1.0}
+
+
+def test_fit_head_cli_auto_C_picks_the_best_cross_validated_C(tmp_path, capsys):
+    from cache import open_cache
+    from mammosae_jax.fit_head import cross_validated_scores
+
+    cache = write_concept_cache(tmp_path / "c")
+    fit_head_cli.main(["--cache", str(cache), "--label", "Mass", "--out", str(tmp_path / "h.safetensors")])
+    out = capsys.readouterr().out
+    c = open_cache(cache)
+    train = c.split_indices("training")
+    scores = cross_validated_scores(c.pooled()[train], c.labels["Mass"].to_numpy()[train],
+                                    c.labels["patient_id"].to_numpy()[train], "Mass")
+    assert f"chose {max(scores, key=scores.get):g}" in out
+    with pytest.raises(SystemExit):
+        fit_head_cli.main(["--cache", str(cache), "--label", "Mass", "--C", "-1", "--out", str(tmp_path / "x.safetensors")])

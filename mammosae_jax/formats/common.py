@@ -1,14 +1,12 @@
 """What every SAE weight format shares: the plain-numpy weights, the error type, atomic writes."""
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import warnings
-from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+
+from mammosae_jax.atomic import atomic_path  # noqa: F401 - re-exported for the format modules
 
 #: Largest tolerated deviation of a decoder dictionary vector's L2 norm from 1.
 UNIT_NORM_TOL = 1e-3
@@ -75,29 +73,4 @@ def warn_if_not_unit_norm(W_dec_ND: np.ndarray, source: str, tol: float = UNIT_N
             UserWarning,
             stacklevel=3,
         )
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; fsync it and move it onto ``path`` only if the block
-    succeeds, so ``path`` is either the old file or the complete new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; honour the umask
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as f:  # data on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
