@@ -228,13 +228,19 @@ class _Trainer:
         return record
 
 
-def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume: bool = False,
-          train_split: str = "training", dp: DataParallel | None = None, progress: bool = True,
-          extra: dict[str, Any] | None = None) -> RunResult:
-    """Train (or with `resume`, continue) an SAE on `cache`'s tokens; write the run folder `out`."""
-    out = Path(out)
-    if cache.dim != config.d_in:
-        raise TrainError(f"the cache's feature dim is {cache.dim} but the SAE's d_in is {config.d_in}")
+class DataPlan(NamedTuple):
+    """What a training run reads: devices, the patient split, epoch length and total steps."""
+
+    dp: DataParallel
+    split: DataSplit
+    steps_per_epoch: int
+    total_steps: int
+
+
+def plan_data(cache, d_in: int, tc: TrainConfig, train_split: str, dp: DataParallel | None) -> DataPlan:
+    """Check the cache against the SAE and the batch size; split patients; count steps."""
+    if cache.dim != d_in:
+        raise TrainError(f"the cache's feature dim is {cache.dim} but the SAE's d_in is {d_in}")
     if len(cache) == 0:
         raise TrainError(f"the cache at {cache.path} holds no images")
     dp = dp or make_data_parallel()
@@ -243,20 +249,34 @@ def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume:
     except ValueError as e:
         raise TrainError(str(e)) from None
     split = split_patients(cache, train_split, tc.val_fraction, tc.seed)
-    local_batch = dp.local_batch_size(tc.batch_size)
-    spe = batches_per_epoch(cache, split.train_images, tc.token_fraction, local_batch, jax.process_count())
+    spe = batches_per_epoch(cache, split.train_images, tc.token_fraction, dp.local_batch_size(tc.batch_size),
+                            jax.process_count())
     if spe == 0:
         n = cache.n_tokens(tc.token_fraction, split.train_images)
         raise DataError(f"the training images give {n} tokens per epoch, fewer than one batch of "
-                         f"{tc.batch_size}; lower --batch-size or use a bigger cache")
+                        f"{tc.batch_size}; lower --batch-size or use a bigger cache")
     total = tc.steps if tc.steps is not None else tc.epochs * spe
+    return DataPlan(dp, split, spe, total)
+
+
+def data_record(cache, train_split: str, split: DataSplit, spe: int, total: int) -> dict[str, Any]:
+    """The `data` section of a run's config.json."""
+    return {"cache": str(Path(cache.path).absolute()), "train_split": train_split,
+            "n_train_images": int(len(split.train_images)), "n_val_images": int(len(split.val_images)),
+            "val_patients": list(split.val_patients), "steps_per_epoch": spe, "total_steps": total,
+            "cache_dim": int(cache.dim), "cache_grid": list(cache.grid), "cache_images": len(cache)}
+
+
+def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume: bool = False,
+          train_split: str = "training", dp: DataParallel | None = None, progress: bool = True,
+          extra: dict[str, Any] | None = None) -> RunResult:
+    """Train (or with `resume`, continue) an SAE on `cache`'s tokens; write the run folder `out`."""
+    out = Path(out)
+    dp, split, spe, total = plan_data(cache, config.d_in, tc, train_split, dp)
     out.mkdir(parents=True, exist_ok=True)
     run_config = {
         "sae": config.to_dict(), "train": tc.to_dict(),
-        "data": {"cache": str(Path(cache.path).absolute()), "train_split": train_split,
-                 "n_train_images": int(len(split.train_images)), "n_val_images": int(len(split.val_images)),
-                 "val_patients": list(split.val_patients), "steps_per_epoch": spe, "total_steps": total,
-                 "cache_dim": int(cache.dim), "cache_grid": list(cache.grid), "cache_images": len(cache)},
+        "data": data_record(cache, train_split, split, spe, total),
         "runtime": _runtime(), **(extra or {}),
     }
     trainer = _Trainer(cache, out, config, tc, dp, split, spe, total)

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from mammosae_jax.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
-from mammosae_jax.training.data import DataSplit, batches_per_epoch, split_patients
-from mammosae_jax.training.loop import TrainError, inference_config
-from mammosae_jax.training.mesh import DataParallel, make_data_parallel
+from mammosae_jax.training.data import DataSplit
+from mammosae_jax.training.loop import TrainError, data_record, inference_config, plan_data
+from mammosae_jax.training.mesh import DataParallel
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
 from mammosae_jax.training.stacked import (Member, Stack, group_members, init_stacked_state,
                                            make_stacked_resample, make_stacked_step, member_tree,
@@ -222,33 +222,13 @@ def train_sweep(cache, out: str | Path, members: Sequence[Member], tc: TrainConf
     """
     check_members(members)
     out = Path(out)
-    d_in = members[0].config.d_in
-    if cache.dim != d_in:
-        raise TrainError(f"the cache's feature dim is {cache.dim} but the SAEs' d_in is {d_in}")
-    if len(cache) == 0:
-        raise TrainError(f"the cache at {cache.path} holds no images")
-    dp = dp or make_data_parallel()
-    try:
-        dp.check_batch_size(tc.batch_size)
-    except ValueError as e:
-        raise TrainError(str(e)) from None
-    split = split_patients(cache, train_split, tc.val_fraction, tc.seed)
-    spe = batches_per_epoch(cache, split.train_images, tc.token_fraction, dp.local_batch_size(tc.batch_size),
-                            jax.process_count())
-    if spe == 0:
-        n = cache.n_tokens(tc.token_fraction, split.train_images)
-        raise TrainError(f"the training images give {n} tokens per epoch, fewer than one batch of "
-                         f"{tc.batch_size}; lower --batch-size or use a bigger cache")
-    total = tc.steps if tc.steps is not None else tc.epochs * spe
+    dp, split, spe, total = plan_data(cache, members[0].config.d_in, tc, train_split, dp)
     runs = [out / m.name for m in members]
     taken = [str(r) for r in runs if r.exists() and any(r.iterdir())]
     if taken:
         raise TrainError(f"member folder(s) already exist and are not empty: {', '.join(taken)}; "
                          "choose a new --out")
-    data = {"cache": str(Path(cache.path).absolute()), "train_split": train_split,
-            "n_train_images": int(len(split.train_images)), "n_val_images": int(len(split.val_images)),
-            "val_patients": list(split.val_patients), "steps_per_epoch": spe, "total_steps": total,
-            "cache_dim": int(cache.dim), "cache_grid": list(cache.grid), "cache_images": len(cache)}
+    data = data_record(cache, train_split, split, spe, total)
     sweep = _Sweep(cache, members, tc, dp, split, spe, total, runs)
     if jax.process_index() == 0:
         for i, (m, run) in enumerate(zip(members, runs)):
