@@ -1,6 +1,6 @@
 """Run every benchmark in one go and print one table of ratios measured in the same run.
 
-`python -m benchmarks.run_all [--out benchmarks/results.json] [--quick]`
+`python -m benchmarks.run_all [--out benchmarks/results.json] [--only train_step,cache_read]`
 
 Each benchmark module exposes `run(**kwargs) -> dict` with a `ratios` mapping
 {name: {"value": float, "target": float | None, "higher_is_better": bool, "what": str}} and
