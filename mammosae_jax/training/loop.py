@@ -90,7 +90,16 @@ def _check_resume(path: Path, sae: dict, train: dict) -> None:
                                  f"{before!r}, now {value!r}; use the same settings or a new --out")
 
 
-class _Trainer:
+class TokenSource:
+    """This process's slice of the cache's token stream; needs `cache`, `tc`, `pid`, `pc` attributes."""
+
+    def _stream(self, batch: int, seed: int, epoch: int, images: np.ndarray, drop_last: bool, prefetch: int):
+        return self.cache.iter_tokens(batch, seed, epoch, self.tc.token_fraction, images=images,
+                                      shard_index=self.pid, shard_count=self.pc, drop_last=drop_last,
+                                      prefetch=prefetch)
+
+
+class _Trainer(TokenSource):
     """State and helpers of one run (the public entry point is `train`)."""
 
     def __init__(self, cache, out: Path, config: SAEConfig, tc: TrainConfig, dp: DataParallel,
@@ -107,10 +116,6 @@ class _Trainer:
         self.last_val: ValMetrics | None = None
 
     # ---------------------------------------------------------------- data
-    def _stream(self, batch: int, seed: int, epoch: int, images: np.ndarray, drop_last: bool, prefetch: int):
-        return self.cache.iter_tokens(batch, seed, epoch, self.tc.token_fraction, images=images,
-                                      shard_index=self.pid, shard_count=self.pc, drop_last=drop_last,
-                                      prefetch=prefetch)
 
     def _checked(self, tokens: np.ndarray, what: str, step: int) -> jax.Array:
         if not np.isfinite(tokens).all():

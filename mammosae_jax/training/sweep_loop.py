@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mammosae_jax.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataSplit
-from mammosae_jax.training.loop import TrainError, data_record, inference_config, plan_data
+from mammosae_jax.training.loop import TokenSource, TrainError, data_record, inference_config, plan_data
 from mammosae_jax.training.mesh import DataParallel
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
 from mammosae_jax.training.stacked import (Member, Stack, group_members, init_stacked_state,
@@ -73,7 +73,7 @@ def _runtime() -> dict:
             "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count()}
 
 
-class _Sweep:
+class _Sweep(TokenSource):
     """State of one sweep run (the public entry point is `train_sweep`)."""
 
     def __init__(self, cache, members: Sequence[Member], tc: TrainConfig, dp: DataParallel,
@@ -91,11 +91,7 @@ class _Sweep:
         self.feature_bytes = 0
         self.train_batches = 0
 
-    # ---------------------------------------------------------------- data (the trainer's streams)
-    def _stream(self, batch: int, seed: int, epoch: int, images: np.ndarray, drop_last: bool, prefetch: int):
-        return self.cache.iter_tokens(batch, seed, epoch, self.tc.token_fraction, images=images,
-                                      shard_index=self.pid, shard_count=self.pc, drop_last=drop_last,
-                                      prefetch=prefetch)
+    # ---------------------------------------------------------------- data (streams: TokenSource)
 
     def _checked(self, tokens: np.ndarray, what: str, step: int) -> jax.Array:
         if not np.isfinite(tokens).all():
