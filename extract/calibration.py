@@ -10,6 +10,12 @@ cumulative statistics do not match what eval mode sees (train mode removes the b
 spread at every layer, eval mode does not), the mismatch compounds through ~80 BatchNorms and
 the eval features blow up to ~1e3-1e4. One train-mode pass over a single batch makes every
 layer's running statistics exactly the statistics of its eval-mode input on that batch.
+
+Residual branches start at zero (``residual_gain=0``, the "zero-gamma" init). Measured on 240
+phantoms at 384x224 (B5, 64 calibration images): with the plain init the random network is
+chaotic (the largest pooled mean-square is ~1e4x the median, dense breasts blow up) and lesion
+positions are smeared away; with zero-gamma the ratio is ~25x, and the cross-validated pooled-head
+AUROC rises from 0.74 to 0.83 (calcification) and 0.81 to 0.85 (mass).
 """
 from __future__ import annotations
 
@@ -61,7 +67,12 @@ def calibrate_batchnorm(model: EfficientNet, batches: Iterable[torch.Tensor]) ->
     return CalibrationReport(n_batches, n_images)
 
 
-def random_calibrated_encoder(model: EfficientNet, seed: int, x_NCHW: torch.Tensor) -> CalibrationReport:
-    """Re-initialise `model` deterministically from `seed`; calibrate BatchNorm on one batch."""
-    reinitialise(model, seed)
+def random_calibrated_encoder(model: EfficientNet, seed: int, x_NCHW: torch.Tensor,
+                              residual_gain: float = 0.0) -> CalibrationReport:
+    """Re-initialise `model` deterministically from `seed`; calibrate BatchNorm on one batch.
+
+    ``residual_gain`` (see ``reinitialise``) defaults to 0: the residual branches start at zero,
+    so only the first block of each stage, the stem and the head transform the image.
+    """
+    reinitialise(model, seed, residual_gain)
     return calibrate_batchnorm(model, [x_NCHW])

@@ -65,6 +65,7 @@ class ExtractConfig:
     shard_size: int = 256
     amp: bool = False  # bfloat16 autocast (recorded in the manifest)
     calib_images: int = 8  # random weights: images in the single BatchNorm calibration batch
+    residual_gain: float = 0.0  # random weights: gamma of the residual branches (0 = zero-gamma init)
     overwrite: bool = False
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
@@ -204,8 +205,8 @@ def prepare_model(cfg: ExtractConfig, table: ImageTable, device: torch.device):
         x = torch.stack([torch.from_numpy(load_model_input(table.paths[i], (table.height, table.width)))
                          for i in calib])
         model = model.to(device)
-        random_calibrated_encoder(model, cfg.seed, x.to(device))
-        info.update(weights=RANDOM_WEIGHTS_LABEL, seed=cfg.seed,
+        random_calibrated_encoder(model, cfg.seed, x.to(device), cfg.residual_gain)
+        info.update(weights=RANDOM_WEIGHTS_LABEL, seed=cfg.seed, residual_gain=cfg.residual_gain,
                     batchnorm_calibration={"images": calib, "passes": 1, "mode": "train-mode BN, one batch"})
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -353,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (default: float32 compute)")
     p.add_argument("--calib-images", type=int, default=8,
                    help="--random-weights: images in the BatchNorm calibration batch (default 8)")
+    p.add_argument("--residual-gain", type=float, default=0.0,
+                   help="--random-weights: initial gamma of every residual branch; 0 (default) starts each "
+                        "skip block as the identity, which keeps the random network stable and local; 1 = plain init")
     p.add_argument("--overwrite", action="store_true", help="discard an existing cache instead of resuming")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; on a busy shared CPU 1 can be ~6x faster)")
@@ -369,7 +373,8 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
                          arch=args.arch, split=args.split, batch_size=args.batch_size, dtype=args.dtype,
                          device=args.device, num_workers=args.num_workers, limit=args.limit,
                          augment=args.augment, seed=args.seed, shard_size=args.shard_size, amp=args.amp,
-                         calib_images=args.calib_images, overwrite=args.overwrite, threads=args.threads)
+                         calib_images=args.calib_images, residual_gain=args.residual_gain,
+                         overwrite=args.overwrite, threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -88,11 +88,20 @@ def static_pads(model: EfficientNet) -> dict[str, tuple[int, int, int, int]]:
     return pads
 
 
+def has_identity_skip(block: torch.nn.Module) -> bool:
+    """True for an MBConv block whose output is ``input + branch`` (stride 1, same channels)."""
+    args = block._block_args
+    stride = args.stride[0] if isinstance(args.stride, (list, tuple)) else args.stride
+    return bool(block.id_skip) and int(stride) == 1 and args.input_filters == args.output_filters
+
+
 @torch.no_grad()
-def reinitialise(model: EfficientNet, seed: int) -> None:
+def reinitialise(model: EfficientNet, seed: int, residual_gain: float = 1.0) -> None:
     """Deterministic fresh weights from `seed` (TF-EfficientNet style: conv He-normal fan-out).
 
     BatchNorm affine parameters become (1, 0); running statistics are left for calibration.
+    ``residual_gain`` scales the last BatchNorm's gamma of every block with an identity skip:
+    0 is the "zero-gamma" init (each such block starts as the identity), 1 the plain init.
     """
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():
@@ -108,3 +117,7 @@ def reinitialise(model: EfficientNet, seed: int) -> None:
             bound = 1.0 / module.in_features**0.5
             module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 2 * bound - bound)
             module.bias.zero_()
+    if residual_gain != 1.0:
+        for block in model._blocks:
+            if has_identity_skip(block):
+                block._bn2.weight.fill_(residual_gain)

@@ -68,6 +68,8 @@ class PhantomConfig:
     """Probability that a view has bright vessel crossings (look-alikes)."""
     lesion_contrast: float = 1.0
     """Multiplier on the added intensity of masses and suspicious specks."""
+    cluster_scale: float = 1.0
+    """Multiplier on the spread of suspicious calcification clusters; the speck count grows with it."""
     noise: float = 1.0
     """Standard deviation of the per-pixel quantum noise, in grey levels."""
     test_fraction: float = 0.2
@@ -99,8 +101,8 @@ class PhantomConfig:
                 raise PhantomError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
         if len(self.density_probs) != 4 or min(self.density_probs) < 0 or sum(self.density_probs) <= 0:
             raise PhantomError(f"--density-probs needs 4 non-negative numbers, got {self.density_probs}")
-        if self.lesion_contrast <= 0 or self.noise < 0:
-            raise PhantomError("--lesion-contrast must be > 0 and --noise >= 0")
+        if self.lesion_contrast <= 0 or self.cluster_scale <= 0 or self.noise < 0:
+            raise PhantomError("--lesion-contrast and --cluster-scale must be > 0 and --noise >= 0")
         if self.orig_height < 1 or self.orig_width < 1 or self.n_folds < 1:
             raise PhantomError("--orig-height, --orig-width and --n-folds must be positive")
 
@@ -168,7 +170,7 @@ def plan_breast(config: PhantomConfig, patient: int, side: int) -> BreastPlan:
     mass_birads = int(rng.choice([3, 4, 5], p=[0.35, 0.45, 0.2]))
     calc_birads = int(rng.choice([4, 5], p=[0.75, 0.25]))
     mass = _draw_mass(rng, config.lesion_contrast) if has_mass else None
-    cluster = _draw_cluster(rng, config.lesion_contrast) if has_calc else None
+    cluster = _draw_cluster(rng, config.lesion_contrast, config.cluster_scale) if has_calc else None
     return BreastPlan(depth, mass, cluster, coarse, mass_birads, calc_birads)
 
 
@@ -194,9 +196,9 @@ def _draw_mass(rng: np.random.Generator, contrast: float) -> MassDraw:
     )
 
 
-def _draw_cluster(rng: np.random.Generator, contrast: float) -> ClusterDraw:
-    n = int(rng.integers(5, 31))
-    spread = rng.uniform(10.0, 28.0)  # reference pixels
+def _draw_cluster(rng: np.random.Generator, contrast: float, scale: float = 1.0) -> ClusterDraw:
+    n = max(1, round(int(rng.integers(5, 31)) * scale))
+    spread = rng.uniform(10.0, 28.0) * scale  # reference pixels
     elong = rng.uniform(1.0, 2.5)
     angle = rng.uniform(0, np.pi)
     xy = rng.normal(size=(n, 2)) * np.array([spread * elong, spread / elong])
@@ -451,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that a view has bright vessel crossings (look-alikes)")
     p.add_argument("--lesion-contrast", type=float, default=defaults.lesion_contrast,
                    help="multiplier on the brightness of masses and suspicious specks")
+    p.add_argument("--cluster-scale", type=float, default=defaults.cluster_scale,
+                   help="multiplier on the spread (and speck count) of suspicious calcification clusters")
     p.add_argument("--noise", type=float, default=defaults.noise, help="quantum noise, grey levels (std)")
     p.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
                    help="fraction of patients in the test split")
@@ -469,7 +473,8 @@ def config_from_args(args: argparse.Namespace) -> PhantomConfig:
         n_images=args.n_images, seed=args.seed, height=args.height, width=args.width,
         mass_prevalence=args.mass_prevalence, calc_prevalence=args.calc_prevalence,
         coarse_calc_rate=args.coarse_calc_rate, crossing_rate=args.crossing_rate,
-        lesion_contrast=args.lesion_contrast, noise=args.noise, test_fraction=args.test_fraction,
+        lesion_contrast=args.lesion_contrast, cluster_scale=args.cluster_scale, noise=args.noise,
+        test_fraction=args.test_fraction,
         density_probs=tuple(args.density_probs), orig_height=args.orig_height, orig_width=args.orig_width,
     )
 

@@ -2,8 +2,10 @@
 
     python -m mammosae_jax.demo --out demo_out [--n-images 480 --height 512 --width 304 ...]
 
-Every stage is a subprocess of this package's own CLIs (so each CLI is exercised exactly as a
-user runs it, and torch and jax never share one process). A stage whose command already
+Every stage is one of this package's own CLIs, run with the arguments a user would type. The
+PyTorch stages (phantoms, extraction) are subprocesses, so torch and jax never share a process;
+the JAX stages call their CLI's ``main(argv)`` in this process (``--subprocess``: start each one
+as its own process, as a user would; slower by the start-up of every stage). A stage whose command already
 completed is reused; change a flag and that stage and everything after it run again. The quality
 gates of the embedded default are checked at the end, printed, and written with the report.
 """
@@ -17,11 +19,14 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from mammosae_jax.demo_gates import GateResult, evaluate_gates
+from mammosae_jax.demo_gates import SPECTRUM_FILE, GateResult, evaluate_gates
 from mammosae_jax.demo_report import write_report
 from mammosae_jax.pipeline import Stage, StageFailed, python_module, run_stage
 
 BINARY_CONCEPTS = ("Suspicious_Calcification", "Mass")
+CHOICES = {"arch": ("b5", "b2"), "variant": ("relu", "topk", "batchtopk"), "init": ("tied", "reference"),
+           "score": ("centered", "mean", "attribution")}
+"""Flags with a fixed set of values (checked before any stage runs)."""
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,17 @@ class DemoConfig:
     """seed of the phantoms, the random encoder and the SAE."""
     lesion_contrast: float = 1.5
     """phantom lesion contrast (1 = the generator's default)."""
+    cluster_scale: float = 2.5
+    """spread of the suspicious calcification clusters, × the generator's default: at 384×224 a
+    cluster then covers a few cells of the 12×7 feature grid, as it does of the 48×29 grid at 1520×912."""
     coarse_calc_rate: float = 0.1
     """fraction of breasts with a benign coarse calcification (a look-alike)."""
     crossing_rate: float = 0.1
     """fraction of views with a bright vessel crossing (a look-alike)."""
     calib_images: int = 64
     """images in the single BatchNorm-calibration batch of the random encoder."""
+    residual_gain: float = 0.0
+    """initial gamma of the random encoder's residual branches (0 = zero-gamma init, 1 = plain)."""
     arch: str = "b5"
     """EfficientNet variant of the (random-weight) encoder: b5 or b2."""
     variant: str = "topk"
@@ -62,69 +72,91 @@ class DemoConfig:
     """SAE batch in tokens."""
     lr: float = 1e-3
     """Adam learning rate."""
+    score: str = "centered"
+    """latent ranking: centered (as the released files), mean (the paper) or attribution (ours)."""
     top_latents: int = 4
     """class-1 latents drawn and scored in the heatmap stage."""
     n_vis_images: int = 4
     """positive test images drawn per latent."""
 
 
-def parse_config(argv: list[str] | None) -> tuple[DemoConfig, Path, bool]:
+def parse_config(argv: list[str] | None) -> tuple[DemoConfig, Path, bool, bool]:
     parser = argparse.ArgumentParser(prog="python -m mammosae_jax.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     parser.add_argument("--force", action="store_true", help="rerun every stage even if it completed before")
+    parser.add_argument("--subprocess", action="store_true",
+                        help="run the JAX stages as subprocesses too (default: in this process, which saves "
+                             "their start-up time); the outputs are the same")
     defaults = DemoConfig()
     for f in fields(DemoConfig):
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name),
-                            help=f"(default {getattr(defaults, f.name)})")
+                            choices=CHOICES.get(f.name), help=f"(default {getattr(defaults, f.name)})")
     args = parser.parse_args(argv)
     config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
-    return config, args.out, args.force
+    return config, args.out, args.force, args.subprocess
 
 
-def build_stages(c: DemoConfig, out: Path) -> list[Stage]:
-    """The demo's stages in order, with their exact commands."""
+def build_stages(c: DemoConfig, out: Path, in_process: bool = True) -> list[Stage]:
+    """The demo's stages in order, with their exact commands; JAX stages run here if `in_process`."""
     data, cache, run = out / "data", out / "cache", out / "sae_run"
     csv, images = data / "vindr_detection_v1_folds.csv", data / "images_png"
     stages = [
         Stage("phantoms", python_module(
             "extract.phantoms", "--out", str(data), "--n-images", str(c.n_images), "--seed", str(c.seed),
             "--height", str(c.height), "--width", str(c.width), "--lesion-contrast", str(c.lesion_contrast),
+            "--cluster-scale", str(c.cluster_scale),
             "--coarse-calc-rate", str(c.coarse_calc_rate), "--crossing-rate", str(c.crossing_rate), "--quiet"), data),
         Stage("extract", (
             sys.executable, str(Path(__file__).resolve().parents[1] / "extract" / "dump_features.py"),
             "--csv", str(csv), "--images", str(images), "--random-weights", "--arch", c.arch,
             "--split", "all", "--out", str(cache), "--seed", str(c.seed), "--calib-images", str(c.calib_images),
+            "--residual-gain", str(c.residual_gain),
             "--overwrite"), cache),
         Stage("train", python_module(
             "mammosae_jax.train", "--cache", str(cache), "--out", str(run), "--variant", c.variant,
             "--expansion", str(c.expansion), "--init", c.init, "--k", str(c.k), "--l1", str(c.l1), "--lr", str(c.lr),
             "--batch-size", str(c.batch_size), "--steps", str(c.steps), "--seed", str(c.seed),
-            "--no-progress"), run, clean=True),
+            "--no-progress"), run, clean=True, in_process=in_process),
     ]
     for label in BINARY_CONCEPTS:
         head = out / "heads" / f"{label}.safetensors"
         ranking = out / "ranking" / label
         stages += [
             Stage(f"fit_head-{label}", python_module(
-                "mammosae_jax.fit_head", "--cache", str(cache), "--label", label, "--out", str(head)), out / "heads"),
+                "mammosae_jax.fit_head", "--cache", str(cache), "--label", label, "--out", str(head)), out / "heads",
+                in_process=in_process),
             Stage(f"evaluate-{label}", python_module(
                 "mammosae_jax.evaluate", "--cache", str(cache), "--sae", str(run), "--head", str(head),
-                "--out", str(out / "evaluation")), out / "evaluation"),
+                "--out", str(out / "evaluation")), out / "evaluation", in_process=in_process),
             Stage(f"concepts-{label}", python_module(
                 "mammosae_jax.concepts", "--cache", str(cache), "--sae", str(run), "--label", label,
-                "--out", str(ranking)), ranking),
+                "--score", c.score, *(("--head", str(head)) if c.score == "attribution" else ()),
+                "--out", str(ranking)), ranking, in_process=in_process),
             Stage(f"intervene-{label}", python_module(
                 "mammosae_jax.intervene", "--cache", str(cache), "--sae", str(run), "--head", str(head),
                 "--ranking", str(ranking), "--mode", "both", "--out", str(out / "interventions")),
-                out / "interventions"),
+                out / "interventions", in_process=in_process),
             Stage(f"visualize-{label}", python_module(
                 "mammosae_jax.visualize", "--cache", str(cache), "--csv", str(csv), "--images", str(images),
                 "--sae", str(run), "--ranking", str(ranking), "--label", label, "--top", str(c.top_latents),
                 "--n-images", str(c.n_vis_images), "--out", str(out / "heatmaps" / label)),
-                out / "heatmaps" / label),
+                out / "heatmaps" / label, in_process=in_process),
         ]
     return stages
+
+
+def write_feature_spectrum(out: Path) -> None:
+    """PCA bound on the test features' FVU at the SAE's L0 and at 5 % of its latents (see feature_spectrum)."""
+    from cache.reader import open_cache
+    from mammosae_jax.atomic import write_json_atomic
+    from mammosae_jax.feature_spectrum import split_pca_fvu
+
+    n_latents = json.loads((out / "sae_run" / "cfg.json").read_text())["d_sae"]
+    ranks = sorted({8, 16, 32, 64, 128, max(1, round(0.05 * n_latents)), 256, 512})
+    fvu = split_pca_fvu(open_cache(out / "cache"), "test", ranks)
+    write_json_atomic(out / SPECTRUM_FILE, {"split": "test", "pca_fvu": {str(r): v for r, v in fvu.items()}},
+                      indent=1)
 
 
 def peak_memory_gb() -> float:
@@ -135,19 +167,20 @@ def peak_memory_gb() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, out, force = parse_config(argv)
+    config, out, force, subprocess_only = parse_config(argv)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     rerun_rest = force
     try:
-        for stage in build_stages(config, out):
+        for stage in build_stages(config, out, in_process=not subprocess_only):
             result = run_stage(stage, out / "logs", force=rerun_rest)
             timings[stage.name] = result.seconds
             rerun_rest = rerun_rest or not result.skipped
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    write_feature_spectrum(out)
     gates: list[GateResult] = evaluate_gates(out, config)
     run_info = {
         "config": asdict(config),

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 GATE_CONCEPTS = ("Suspicious_Calcification", "Mass")
 METRIC_UNIT = "image"  # gates use per-image metrics (label = max over the image's rows)
+SPECTRUM_FILE = "evaluation/feature_spectrum.json"  # PCA bound on the FVU, written by the demo
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,17 @@ def _best_hit_rate(out: Path, label: str) -> tuple[float, bool, str]:
     return value, value >= 0.6, f"latent {best['latent']}, ranked {best['rank']} for class 1"
 
 
+def _pca_note(out: Path, l0: float) -> str:
+    """'best rank-r linear code: FVU ...' at the ranks nearest the SAE's L0 and 5 % of its latents."""
+    path = out / SPECTRUM_FILE
+    if not path.exists():
+        return ""
+    bound = {int(r): v for r, v in _load_json(path)["pca_fvu"].items()}
+    n_latents = _load_json(out / "sae_run" / "cfg.json")["d_sae"]
+    ranks = sorted({min(bound, key=lambda r: abs(r - l0)), min(bound, key=lambda r: abs(r - 0.05 * n_latents))})
+    return "PCA bound: " + ", ".join(f"{r} dims -> FVU {bound[r]:.2f}" for r in ranks)
+
+
 def evaluate_gates(out: Path, config: Any) -> list[GateResult]:
     """All gates of issue 9, in the order they are printed."""
     gates: list[GateResult] = []
@@ -78,10 +90,10 @@ def evaluate_gates(out: Path, config: Any) -> list[GateResult]:
     recon = _load_json(out / "evaluation" / f"evaluation_{GATE_CONCEPTS[0]}.json")["reconstruction"] \
         if (out / "evaluation" / f"evaluation_{GATE_CONCEPTS[0]}.json").exists() else None
 
-    def fvu() -> tuple[float, bool]:
+    def fvu() -> tuple[float, bool, str]:
         if recon is None:
             raise ValueError("no evaluation output")
-        return recon["fvu"], recon["fvu"] <= 0.25
+        return recon["fvu"], recon["fvu"] <= 0.25, _pca_note(out, recon["l0"])
 
     def l0_fraction() -> tuple[float, bool, str]:
         if recon is None:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mammosae_jax.demo_gates import GATE_CONCEPTS, GateResult
+from mammosae_jax.demo_gates import GATE_CONCEPTS, SPECTRUM_FILE, GateResult
 
 
 def _read_json(path: Path) -> Any | None:
@@ -45,6 +45,14 @@ def _evaluation_section(out: Path) -> list[str]:
         parts.append(_table(["MSE", "FVU", "mean L0", "dead fraction", "dense fraction", "latents ever active"],
                             [[recon["mse"], recon["fvu"], recon["l0"], recon["dead_fraction"],
                               recon["dense_fraction"], recon["n_ever_active"]]]))
+    spectrum = _read_json(out / SPECTRUM_FILE)
+    if spectrum:
+        bound = spectrum["pca_fvu"]
+        parts.append("How many dimensions the features need: the FVU of the best rank-r linear reconstruction "
+                     "(PCA) of the test tokens. A sparse code with mean L0 = r beats it only by choosing "
+                     "different latents for different tokens, so this curve says whether an FVU target is "
+                     "within reach at a given sparsity.")
+        parts.append(_table(["r (dims)", *bound], [["PCA FVU", *bound.values()]]))
     return parts
 
 

@@ -5,7 +5,10 @@ Two scores of latent ``j`` for class ``c`` from per-image spatial-mean latents `
 * ``mean``: ``mean_{units of class c} zbar_j`` (the paper's formula);
 * ``centered``: ``mean_{units of class c} zbar_j - mean_{all units} zbar_j`` (what produced the
   released files: in them ``importance_0 = -p/(1-p) * importance_1`` for every latent, with
-  ``p = 428/16384`` the positive rate of the 16,384 train rows they were computed over).
+  ``p = 428/16384`` the positive rate of the 16,384 train rows they were computed over);
+* ``attribution`` (ours; needs the concept head): the centered score times latent j's effect on
+  class c's logit margin, ``(W_cls W_dec)`` folded: how much more latent j pushes the head towards
+  class c on class-c units than on average. It ranks the latents the head actually relies on.
 
 A *unit* is a CSV row (reference parity: an image counts once per row, with the row's label) or an
 image (label = max over its rows). Both are expressed as a weight matrix ``[n_classes, N_images]``
@@ -26,7 +29,7 @@ import numpy as np
 
 from mammosae_jax.atomic import write_text_atomic
 
-SCORES = ("centered", "mean")
+SCORES = ("centered", "mean", "attribution")
 
 
 class RankingError(ValueError):
@@ -79,13 +82,32 @@ def class_means(zbar_Nn: np.ndarray, weights_CN: np.ndarray) -> ClassMeans:
     return ClassMeans(means_Cn, overall_n, counts_C)
 
 
-def class_scores(stats: ClassMeans, score: str) -> np.ndarray:
-    """Importance ``[n_classes, n]`` under ``score`` ('centered' or 'mean')."""
+def class_scores(stats: ClassMeans, score: str, u_nK: np.ndarray | None = None) -> np.ndarray:
+    """Importance ``[n_classes, n]`` under ``score``; 'attribution' needs the folded head ``u_nK``."""
     if score == "mean":
         return stats.means_Cn
     if score == "centered":
         return stats.means_Cn - stats.overall_n[None]
+    if score == "attribution":
+        if u_nK is None:
+            raise RankingError("the 'attribution' score needs the concept head")
+        return (stats.means_Cn - stats.overall_n[None]) * class_margins(u_nK, len(stats.counts_C)).T
     raise RankingError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
+
+
+def class_margins(u_nK: np.ndarray, n_classes: int) -> np.ndarray:
+    """``[n, n_classes]``: how much one unit of latent j raises class c's logit margin.
+
+    A binary head has one logit (class 1: +u, class 0: -u); a K-class head's margin of class c is
+    its logit minus the mean logit.
+    """
+    u = np.asarray(u_nK, np.float64)
+    if u.ndim != 2:
+        raise RankingError(f"the folded head must be [n_latents, n_logits], got shape {u.shape}")
+    margins = np.concatenate([-u, u], axis=1) if u.shape[1] == 1 else u - u.mean(axis=1, keepdims=True)
+    if margins.shape[1] != n_classes:
+        raise RankingError(f"the head has {u.shape[1]} logits but the label has {n_classes} classes")
+    return margins
 
 
 def make_ranking(label: str, importance_Cn: np.ndarray) -> Ranking:

@@ -7,6 +7,7 @@ import pytest
 
 from mammosae_jax.ranking import (
     RankingError,
+    class_margins,
     class_means,
     class_scores,
     make_ranking,
@@ -55,6 +56,26 @@ def test_centered_binary_scores_have_the_released_ratio():
     s = class_scores(class_means(zbar, unit_weights(row_label, row_to_image, len(zbar), 2)), "centered")
     p = row_label.mean()
     np.testing.assert_allclose(s[0], -p / (1 - p) * s[1], atol=1e-12)
+
+
+def test_attribution_is_the_class_excess_of_each_latents_logit_contribution():
+    zbar, row_to_image, row_label = _rows_fixture(3)
+    u = np.random.default_rng(3).normal(size=(zbar.shape[1], 1))
+    stats = class_means(zbar, unit_weights(row_label, row_to_image, len(zbar), 2))
+    got = class_scores(stats, "attribution", u)
+    contrib = zbar[row_to_image].astype(np.float64) * u[:, 0]  # latent j's logit contribution, per row
+    np.testing.assert_allclose(got[1], contrib[row_label == 1].mean(0) - contrib.mean(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got[0], -(contrib[row_label == 0].mean(0) - contrib.mean(0)), rtol=1e-10, atol=1e-12)
+
+
+def test_attribution_margins_of_a_multiclass_head():
+    u = np.array([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 0.0, 4.0]])
+    np.testing.assert_allclose(class_margins(u, 4), [[-2, -1, 0, 3], [-1, -1, -1, 3]])
+    with pytest.raises(RankingError, match="4 logits but the label has 2 classes"):
+        class_margins(u, 2)
+    stats = class_means(np.ones((2, 2)), np.eye(2))
+    with pytest.raises(RankingError, match="needs the concept head"):
+        class_scores(stats, "attribution")
 
 
 def test_absent_class_and_bad_labels_are_refused():

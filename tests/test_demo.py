@@ -42,13 +42,81 @@ def test_clean_stage_removes_its_folder_before_running(tmp_path: Path) -> None:
     assert not (run_dir / "stale.txt").exists()
 
 
+_STAGE_MODULE = """
+import sys
+from pathlib import Path
+
+def main(argv):
+    print("stage says", *argv)
+    print("progress on stderr", file=sys.stderr)
+    if argv[0] == "fail":
+        sys.exit(3)
+    if argv[0] == "raise":
+        raise RuntimeError("broken inside the stage")
+    Path(argv[1]).write_text(argv[0])
+    return 0
+"""
+
+
+@pytest.fixture
+def stage_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An importable module with a CLI-style ``main(argv)``."""
+    (tmp_path / "demo_stage_module.py").write_text(_STAGE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "demo_stage_module"
+
+
+def test_in_process_stage_calls_main_logs_its_output_and_is_reused(tmp_path: Path, stage_module: str) -> None:
+    target = tmp_path / "out.txt"
+    stage = Stage("inproc", (sys.executable, "-m", stage_module, "hello", str(target)), tmp_path / "m", in_process=True)
+    first = run_stage(stage, tmp_path / "logs")
+    again = run_stage(stage, tmp_path / "logs")
+    assert (first.skipped, again.skipped) == (False, True)
+    assert target.read_text() == "hello"
+    log = (tmp_path / "logs" / "inproc.log").read_text()
+    assert f"stage says hello {target}" in log and "progress on stderr" in log
+
+
+@pytest.mark.parametrize("how, expected", [("fail", r"exit 3"), ("raise", r"(?s)exit 1.*RuntimeError: broken inside")])
+def test_in_process_stage_failure_raises_with_the_log_tail(tmp_path: Path, stage_module: str, how: str,
+                                                          expected: str) -> None:
+    stage = Stage("inproc", (sys.executable, "-m", stage_module, how), tmp_path / "m", in_process=True)
+    with pytest.raises(StageFailed, match=expected):
+        run_stage(stage, tmp_path / "logs")
+    assert not stage.marker.exists()
+
+
+def test_only_python_module_stages_can_run_in_process(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="python -m module"):
+        Stage("x", (sys.executable, "-c", "pass"), tmp_path, in_process=True)
+
+
 def test_every_demo_flag_reaches_the_config_and_the_commands(tmp_path: Path) -> None:
-    config, out, force = parse_config(["--out", str(tmp_path), "--n-images", "40", "--variant", "relu", "--l1", "0.001"])
-    assert (config.n_images, config.variant, config.l1, out, force) == (40, "relu", 0.001, tmp_path, False)
-    commands = {s.name: s.argv for s in build_stages(config, tmp_path)}
+    config, out, force, subprocess_only = parse_config(
+        ["--out", str(tmp_path), "--n-images", "40", "--variant", "relu", "--l1", "0.001", "--cluster-scale", "2",
+         "--residual-gain", "0.5", "--subprocess"])
+    assert (config.n_images, config.variant, config.l1, out, force, subprocess_only) == (
+        40, "relu", 0.001, tmp_path, False, True)
+    stages = build_stages(config, tmp_path)
+    commands = {s.name: s.argv for s in stages}
+    assert commands["phantoms"][commands["phantoms"].index("--cluster-scale") + 1] == "2.0"
+    assert commands["extract"][commands["extract"].index("--residual-gain") + 1] == "0.5"
+    assert [s.name for s in stages if not s.in_process] == ["phantoms", "extract"]
+    assert not any(s.in_process for s in build_stages(config, tmp_path, in_process=False))
     assert commands["phantoms"][commands["phantoms"].index("--n-images") + 1] == "40"
     assert commands["train"][commands["train"].index("--l1") + 1] == "0.001"
     assert [n for n in commands if n.startswith("intervene")] == ["intervene-Suspicious_Calcification", "intervene-Mass"]
+    assert "--head" not in commands["concepts-Mass"]
+    attribution, *_ = parse_config(["--score", "attribution"])
+    concepts = {s.name: s.argv for s in build_stages(attribution, tmp_path)}["concepts-Mass"]
+    assert concepts[concepts.index("--score") + 1] == "attribution"
+    assert concepts[concepts.index("--head") + 1] == str(tmp_path / "heads" / "Mass.safetensors")
+
+
+def test_a_flag_outside_its_choices_is_refused_before_anything_runs(capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_config(["--score", "best"])
+    assert "invalid choice: 'best'" in capsys.readouterr().err
 
 
 def _fake_outputs(out: Path, raw: float, sae: float, on10: float, off50: float, fvu: float, l0: float, hit: float) -> None:

@@ -11,7 +11,9 @@ from efficientnet_pytorch.utils import Conv2dStaticSamePadding
 from extract_testutils import one_torch_thread  # noqa: F401 (autouse)
 
 from extract.calibration import calibrate_batchnorm, random_calibrated_encoder
-from extract.encoder import ARCHS, build_encoder, feature_grid, local_features, reinitialise, static_pads
+from extract.encoder import (
+    ARCHS, build_encoder, feature_grid, has_identity_skip, local_features, reinitialise, static_pads,
+)
 
 
 def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -119,6 +121,24 @@ def test_default_init_features_are_tiny_and_calibration_fixes_them():
     other = build_encoder("b2")
     reinitialise(other, 6)
     assert (other._conv_head.weight - model._conv_head.weight).abs().max() > 1e-2
+
+
+def test_zero_residual_gain_makes_every_skip_block_the_identity():
+    images = torch.rand(4, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+    model = build_encoder("b2")
+    random_calibrated_encoder(model, 2, images)  # default residual_gain=0
+    skips = [b for b in model._blocks if has_identity_skip(b)]
+    assert 0 < len(skips) < len(model._blocks)
+    assert all(float(b._bn2.weight.abs().max()) == 0.0 for b in skips)
+    assert all(float(b._bn2.weight.min()) == 1.0 for b in model._blocks if not has_identity_skip(b))
+    x = torch.randn(2, skips[0]._block_args.input_filters, 8, 6, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(skips[0](x), x, rtol=0, atol=0)
+    plain = build_encoder("b2")
+    random_calibrated_encoder(plain, 2, images, residual_gain=1.0)
+    assert all(float(b._bn2.weight.min()) == 1.0 for b in plain._blocks)
+    with torch.no_grad():
+        assert (local_features(plain, images) - local_features(model, images)).abs().max() > 1e-2
 
 
 def test_calibrated_running_stats_are_cumulative_batch_statistics():

@@ -43,6 +43,28 @@ def test_concepts_cli_ranks_by_centered_row_means(fx):
     assert (ranking_dir / f"class_means_{LABEL}.png").stat().st_size > 1000
 
 
+def test_concepts_cli_attribution_ranks_by_the_heads_use_of_each_latent(fx, tmp_path, capsys):
+    fixture, _ = fx
+    out = tmp_path / "attr"
+    concepts_cli.main(["--cache", str(fixture.cache_path), "--sae", str(fixture.sae_path), "--label", LABEL,
+                       "--score", "attribution", "--per", "image", "--out", str(out)])
+    cache = open_cache(fixture.cache_path)
+    train = cache.split_indices("training")
+    zbar = np.stack([np.asarray(fixture.sae.encode(cache.feature_map(int(i)).reshape(-1, cf.DIM))).mean(0) for i in train])
+    head = head_from_cache(cache)
+    decoder = np.asarray(fixture.sae.decode(np.eye(cf.N_LATENTS, dtype=np.float32))) - np.asarray(
+        fixture.sae.decode(np.zeros((1, cf.N_LATENTS), np.float32)))
+    u = decoder @ np.asarray(head.weight)[0]  # logit per unit of each latent
+    contrib = zbar.astype(np.float64) * u
+    y = cache.labels[LABEL].to_numpy()[train]
+    ranking = read_ranking(out, LABEL, n_latents=cf.N_LATENTS, n_classes=2)
+    np.testing.assert_allclose(ranking.importance_Cn[1], contrib[y == 1].mean(0) - contrib.mean(0), rtol=1e-4, atol=1e-6)
+    with pytest.raises(SystemExit):
+        concepts_cli.main(["--cache", str(fixture.cache_path), "--sae", str(fixture.sae_path), "--label", "Mass",
+                           "--score", "attribution", "--out", str(tmp_path / "bad")])
+    assert "error: the head is for 'Suspicious_Calcification', not 'Mass'" in capsys.readouterr().err
+
+
 def _run(args, capsys):
     intervene_cli.main(args)
     return capsys.readouterr().out

@@ -124,6 +124,16 @@ def _spec_for_row(config: PhantomConfig, patient: int, side: int, view_index: in
     return plan_view(config, patient, side, view_index, patient_density(config, patient), breast)
 
 
+def test_cluster_scale_spreads_the_same_cluster_wider_with_more_specks():
+    patient, side = next((p, side) for p in range(CONFIG.n_patients) for side in (0, 1)
+                         if plan_breast(CONFIG, p, side).cluster is not None)
+    plain = plan_breast(CONFIG, patient, side).cluster
+    wide = plan_breast(dataclasses.replace(CONFIG, cluster_scale=2.0), patient, side).cluster
+    n = len(plain.offsets_ref)
+    assert len(wide.offsets_ref) == 2 * n
+    np.testing.assert_allclose(np.asarray(wide.offsets_ref[:n]), 2.0 * np.asarray(plain.offsets_ref), rtol=1e-12)
+
+
 def _positives(column: str):
     """(patient, side, view_index) of every image of CONFIG with a finding in ``column``."""
     found = []
