@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mammosae_jax.atomic import write_json_atomic
+from cache.atomic import write_json_atomic
 
 
 def write_result(path: str | os.PathLike, result: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from cache.atomic import atomic_path
 from extract.encoder import arch_for_channels
 
 ENCODER_PREFIX = "image_encoder."
@@ -238,12 +238,5 @@ def write_safetensors(path: str | os.PathLike, ckpt: EncoderCheckpoint, arch: st
         config.update(head_label=ckpt.head.label, head_class_names=ckpt.head.class_names)
     metadata = {"format": SAFETENSORS_FORMAT, "format_version": SAFETENSORS_VERSION,
                 "config": json.dumps(config, sort_keys=True)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)

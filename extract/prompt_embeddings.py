@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -30,6 +29,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
+
+from cache.atomic import atomic_path
 
 FORMAT = "mammosae-jax/prompt-embeddings"
 FORMAT_VERSION = "1"
@@ -122,14 +123,8 @@ def write_prompt_embeddings(path: str | os.PathLike, emb: PromptEmbeddings) -> P
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in emb.meta.items()}
     meta.update(format=FORMAT, format_version=FORMAT_VERSION,
                 prompts=json.dumps(list(emb.texts)), groups=json.dumps(list(emb.groups)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

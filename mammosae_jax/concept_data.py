@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mammosae_jax.atomic import write_json_atomic
+from cache.atomic import write_json_atomic
 
 UNITS = ("row", "image")
 DENSITY_CLASSES = ("A", "B", "C", "D")

@@ -149,7 +149,7 @@ def build_stages(c: DemoConfig, out: Path, in_process: bool = True) -> list[Stag
 def write_feature_spectrum(out: Path) -> None:
     """PCA bound on the test features' FVU at the SAE's L0 and at 5 % of its latents (see feature_spectrum)."""
     from cache.reader import open_cache
-    from mammosae_jax.atomic import write_json_atomic
+    from cache.atomic import write_json_atomic
     from mammosae_jax.feature_spectrum import split_pca_fvu
 
     n_latents = json.loads((out / "sae_run" / "cfg.json").read_text())["d_sae"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
+
+from cache.atomic import atomic_path
 
 
 class HeadError(ValueError):
@@ -70,20 +71,12 @@ def check_head_dim(head: Head, dim: int, what: str = "features") -> None:
 
 def save_head(path: str | os.PathLike, head: Head) -> None:
     """Write ``head`` atomically (temp file + rename) as safetensors."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(
             {"weight": np.ascontiguousarray(head.weight, np.float32), "bias": np.ascontiguousarray(head.bias, np.float32)},
-            tmp,
+            str(tmp),
             metadata={"label": head.label, "class_names": json.dumps(list(head.class_names))},
         )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_head(path: str | os.PathLike) -> Head:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from mammosae_jax.atomic import write_text_atomic
+from cache.atomic import write_text_atomic
 from mammosae_jax.concept_data import ConceptError, n_classes_of, save_figure, split_images, units, write_json
 from mammosae_jax.evaluate import check_sae_dim, resolve_head
 from mammosae_jax.heads import Head, HeadError, head_logits

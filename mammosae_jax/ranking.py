@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mammosae_jax.atomic import write_text_atomic
+from cache.atomic import write_text_atomic
 
 SCORES = ("centered", "mean", "attribution")
 

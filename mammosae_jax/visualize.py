@@ -36,7 +36,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mammosae_jax import heatmap_figures as figs
-from mammosae_jax.atomic import write_text_atomic
+from cache.atomic import write_text_atomic
 from mammosae_jax.galleries import LatentScan, cell_box, patch_window, scan_cache
 from mammosae_jax.heatmaps import latent_encoder, latent_maps, upsample_bilinear
 from mammosae_jax.localization import (IOU_THRESHOLDS, LatentSummary, PairScores, clip_boxes,

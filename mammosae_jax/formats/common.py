@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mammosae_jax.atomic import atomic_path  # noqa: F401 - re-exported for the format modules
+from cache.atomic import atomic_path  # noqa: F401 - re-exported for the format modules
 
 #: Largest tolerated deviation of a decoder dictionary vector's L2 norm from 1.
 UNIT_NORM_TOL = 1e-3

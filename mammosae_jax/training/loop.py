@@ -58,6 +58,14 @@ class RunResult(NamedTuple):
     val: ValMetrics | None  # last validation
 
 
+def finite_batch_on_devices(dp: DataParallel, tokens: np.ndarray, what: str, step: int, detail: str = "") -> jax.Array:
+    """Place a token batch on the devices as float32; refuse one with NaN/inf, naming the step."""
+    if not np.isfinite(tokens).all():
+        raise TrainError(f"non-finite value (NaN/inf) in the {what} batch of step {step}; stopped "
+                         f"before using it{detail}; check the cache with cache.verify()")
+    return dp.put_batch(np.ascontiguousarray(tokens, np.float32))
+
+
 def inference_config(config: SAEConfig, state: TrainState) -> SAEConfig:
     """The config for inference: batchtopk gets its learned threshold."""
     thr = float(state.threshold)
@@ -118,11 +126,8 @@ class _Trainer(TokenSource):
     # ---------------------------------------------------------------- data
 
     def _checked(self, tokens: np.ndarray, what: str, step: int) -> jax.Array:
-        if not np.isfinite(tokens).all():
-            raise TrainError(f"non-finite value (NaN/inf) in the {what} batch of step {step}; stopped "
-                             f"before using it, no checkpoint written for it (last checkpoint: "
-                             f"{self.last_checkpoint}); check the cache with cache.verify()")
-        return self.dp.put_batch(np.ascontiguousarray(tokens, np.float32))
+        return finite_batch_on_devices(self.dp, tokens, what, step, ", no checkpoint written for it "
+                                       f"(last checkpoint: {self.last_checkpoint})")
 
     # ---------------------------------------------------------------- epoch-end work
     def resample_due(self, epochs_done: int) -> bool:

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from mammosae_jax.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataSplit
-from mammosae_jax.training.loop import TokenSource, TrainError, data_record, inference_config, plan_data
+from mammosae_jax.training.loop import (TokenSource, TrainError, data_record, finite_batch_on_devices,
+                                         inference_config, plan_data)
 from mammosae_jax.training.mesh import DataParallel
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
 from mammosae_jax.training.stacked import (Member, Stack, group_members, init_stacked_state,
@@ -94,11 +95,9 @@ class _Sweep(TokenSource):
     # ---------------------------------------------------------------- data (streams: TokenSource)
 
     def _checked(self, tokens: np.ndarray, what: str, step: int) -> jax.Array:
-        if not np.isfinite(tokens).all():
-            raise TrainError(f"non-finite value (NaN/inf) in the {what} batch of step {step}; stopped "
-                             "before using it; check the cache with cache.verify()")
+        x = finite_batch_on_devices(self.dp, tokens, what, step)
         self.feature_bytes += tokens.shape[0] * tokens.shape[1] * 4
-        return self.dp.put_batch(np.ascontiguousarray(tokens, np.float32))
+        return x
 
     # ---------------------------------------------------------------- epoch-end work
     def resample_due(self, epochs_done: int) -> bool:

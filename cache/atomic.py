@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees either the old file or the complete new one, never a partial write.
 
-Standard library only (no jax, no torch), so anything, benchmarks included, may import it cheaply.
+Standard library only, and here in the package both halves import, so the PyTorch side (extract/)
+and the JAX side (mammosae_jax/) write their files the same way.
 """
 from __future__ import annotations
 
