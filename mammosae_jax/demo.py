@@ -5,9 +5,10 @@
 Every stage is one of this package's own CLIs, run with the arguments a user would type. The
 PyTorch stages (phantoms, extraction) are subprocesses, so torch and jax never share a process;
 the JAX stages call their CLI's ``main(argv)`` in this process (``--subprocess``: start each one
-as its own process, as a user would; slower by the start-up of every stage). A stage whose command already
-completed is reused; change a flag and that stage and everything after it run again. The quality
-gates of the embedded default are checked at the end, printed, and written with the report.
+as its own process, as a user would; slower by the start-up of every stage). A stage whose
+command already completed is reused; change a flag and that stage and everything after it run
+again. The quality gates of the embedded default are checked at the end, printed, and written
+with the report.
 """
 from __future__ import annotations
 
@@ -148,8 +149,8 @@ def build_stages(c: DemoConfig, out: Path, in_process: bool = True) -> list[Stag
 
 def write_feature_spectrum(out: Path) -> None:
     """PCA bound on the test features' FVU at the SAE's L0 and at 5 % of its latents (see feature_spectrum)."""
-    from cache.reader import open_cache
     from cache.atomic import write_json_atomic
+    from cache.reader import open_cache
     from mammosae_jax.feature_spectrum import split_pca_fvu
 
     n_latents = json.loads((out / "sae_run" / "cfg.json").read_text())["d_sae"]

@@ -71,7 +71,7 @@ def _best_hit_rate(out: Path, label: str) -> tuple[float, bool, str]:
 
 
 def _pca_note(out: Path, l0: float) -> str:
-    """'best rank-r linear code: FVU ...' at the ranks nearest the SAE's L0 and 5 % of its latents."""
+    """'PCA bound: r dims -> FVU ...' at the ranks nearest the SAE's L0 and 5 % of its latents."""
     path = out / SPECTRUM_FILE
     if not path.exists():
         return ""

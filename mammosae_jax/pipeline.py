@@ -40,7 +40,7 @@ class Stage:
     """call the module's ``main(argv)`` here instead of starting `argv` (`python -m` stages only)."""
 
     def __post_init__(self) -> None:
-        if self.in_process and (len(self.argv) < 3 or tuple(self.argv[1:2]) != ("-m",) or self.env):
+        if self.in_process and (len(self.argv) < 3 or self.argv[1] != "-m" or self.env):
             raise ValueError(f"stage {self.name!r}: only a `python -m module ...` stage without extra "
                              "environment can run in process")
 
