@@ -91,7 +91,7 @@ def class_scores(stats: ClassMeans, score: str, u_nK: np.ndarray | None = None) 
     if score == "attribution":
         if u_nK is None:
             raise RankingError("the 'attribution' score needs the concept head")
-        return (stats.means_Cn - stats.overall_n[None]) * class_margins(u_nK, len(stats.counts_C)).T
+        return class_scores(stats, "centered") * class_margins(u_nK, len(stats.counts_C)).T
     raise RankingError(f"unknown score '{score}'; choose one of {', '.join(SCORES)}")
 
 
