@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import print_ratios, write_result
 
 GRID = (8, 8)
 
@@ -161,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['members']} relu SAEs {result['dim']}->{result['n_latents']}, {result['steps']} steps of "
           f"{result['batch_size']} tokens, cache {result['cache_bytes'] / 1e6:.1f} MB, on {result['device']}")
     print(format_table(result))
-    for name, r in result["ratios"].items():
-        print(f"{name}: {r['value']:.3g} (target {r['target']:g}) - {r['what']}")
+    print_ratios(result)
     if args.out is not None:
         write_result(args.out, result)
     return 0
