@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import print_ratios, write_result
+from benchmarks.common import report
 
 GRID = (8, 8)
 
@@ -160,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.members, args.images, args.dim, args.expansion, args.epochs, args.batch_size, args.workdir)
     print(f"{result['members']} relu SAEs {result['dim']}->{result['n_latents']}, {result['steps']} steps of "
           f"{result['batch_size']} tokens, cache {result['cache_bytes'] / 1e6:.1f} MB, on {result['device']}")
-    print(format_table(result))
-    print_ratios(result)
-    if args.out is not None:
-        write_result(args.out, result)
-    return 0
+    return report(result, format_table(result), args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import print_ratios, write_result
+from benchmarks.common import report
 
 PRESETS = {
     "cpu-small": dict(d_in=512, n_latents=4096, batch=1024, k=32),
@@ -172,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = run(args.preset, args.steps, args.precision, not args.no_torch)
     print(f"{args.preset} {result['shape']} on {result['device']}, precision {args.precision}")
-    print(format_table(result))
-    print_ratios(result)
-    if args.out is not None:
-        write_result(args.out, result)
-    return 0
+    return report(result, format_table(result), args.out)
 
 
 if __name__ == "__main__":
