@@ -26,7 +26,7 @@ def run(d_in: int = 256, n_latents: int = 2048, repeats: int = 3) -> dict:
     """Seconds (best of `repeats`) for each load / save, and the safetensors-vs-pt load ratio."""
     import torch
 
-    from mammosae_jax.io import load_sae, save_sae
+    from mammosae_jax.models.sae_io import load_sae, save_sae
 
     g = torch.Generator().manual_seed(0)
     tied = torch.randn(1, d_in, generator=g)

@@ -29,7 +29,7 @@ from benchmarks.common import write_result
 from extract.dump_features import ExtractConfig, extract, pick_device
 from extract.encoder import build_encoder, local_features, reinitialise
 from extract.phantoms import PhantomConfig, generate
-from extract.vindr import images_from_rows, load_annotations, png_path
+from cache.vindr import images_from_rows, load_annotations, png_path
 
 
 class ReferenceDataset(Dataset):

@@ -28,11 +28,11 @@ import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from benchmarks.common import write_result
-from mammosae_jax import sae as sae_lib
-from mammosae_jax.heads import make_head
-from mammosae_jax.interventions import DEFAULT_KS, fold_head_params, k_list, masked_logits, sweep_masks
-from mammosae_jax.metrics import binary_metrics
-from mammosae_jax.ranking import make_ranking
+from mammosae_jax.models import sae as sae_lib
+from mammosae_jax.analysis.heads import make_head
+from mammosae_jax.analysis.interventions import DEFAULT_KS, fold_head_params, k_list, masked_logits, sweep_masks
+from mammosae_jax.analysis.metrics import binary_metrics
+from mammosae_jax.analysis.ranking import make_ranking
 
 
 def _timed(fn, repeats: int = 1) -> float:

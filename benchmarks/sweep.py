@@ -91,14 +91,14 @@ def run(members: int = 4, images: int = 64, dim: int = 64, expansion: int = 4, e
     import jax
 
     import cache as cache_lib
-    from mammosae_jax.sae import SAEConfig
+    from mammosae_jax.models.sae import SAEConfig
     from mammosae_jax.training.config import TrainConfig
     from mammosae_jax.training.loop import train
     from mammosae_jax.training.stacked import Member
     from mammosae_jax.training.sweep_loop import train_sweep
 
     l1s = [1e-4 * 3 ** i for i in range(members)]
-    sweep_members = [Member(f"l1_{l1:.2g}", SAEConfig(dim, expansion * dim, l1_coeff=l1, k=min(32, expansion * dim)),
+    sweep_members = [Member(f"l1_{l1:.2g}", SAEConfig(dim, expansion * dim, l1_coeff=l1),
                             5e-4) for l1 in l1s]
     tc = TrainConfig(lr=5e-4, batch_size=batch_size, epochs=epochs, val_fraction=0.1, val_max_tokens=4 * batch_size,
                      resample_every_epochs=0, log_every=50, checkpoint_every=10**9)

@@ -44,12 +44,12 @@ def _jax_step_seconds(variant: str, d_in: int, n_latents: int, batch: int, k: in
     import jax
     import numpy as np
 
-    from mammosae_jax.sae import SAEConfig
+    from mammosae_jax.models.sae import SAEConfig
     from mammosae_jax.training.config import TrainConfig
     from mammosae_jax.training.state import init_state, make_optimizer
     from mammosae_jax.training.step import make_train_step
 
-    config = SAEConfig(d_in, n_latents, variant=variant, k=k, init="tied")
+    config = SAEConfig(d_in, n_latents, variant=variant, k=None if variant == "relu" else k, init="tied")
     tc = TrainConfig(lr=5e-4, batch_size=batch, steps=1, dead_after_tokens=batch if all_dead else 10_000_000)
     x = jax.device_put(np.random.default_rng(0).normal(size=(batch, d_in)).astype(np.float32) + 0.5)
     state = init_state(config, make_optimizer(tc), jax.random.key(0))

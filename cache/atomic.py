@@ -1,16 +1,18 @@
 """Atomic file writes: a reader sees either the old file or the complete new one, never a partial write.
 
-Standard library only, and here in the package both halves import, so the PyTorch side (extract/)
-and the JAX side (mammosae_jax/) write their files the same way.
+The one place both halves (extract/, mammosae_jax/) write files from: bytes, text, JSON, CSV and
+figures. Standard library only (a figure is anything with matplotlib's ``savefig``).
 """
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def _current_umask() -> int:
@@ -47,3 +49,44 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any, **json_kwargs: Any) -> None:
     """Write ``json.dumps(obj, **json_kwargs)`` to ``path`` atomically (no trailing newline added)."""
     write_text_atomic(path, json.dumps(obj, **json_kwargs))
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename inside `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` via the fixed temporary ``<name>.tmp`` (fsynced, renamed, folder fsynced).
+
+    The fixed name lets a resuming writer recognise an interrupted write's leftover (the cache does).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_csv_atomic(path: str | os.PathLike, header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV (``csv`` module defaults, header first) atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_figure_atomic(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
+    """``fig.savefig`` to ``path`` atomically; the format comes from the suffix of ``path``."""
+    savefig_kwargs.setdefault("format", Path(path).suffix.lstrip(".") or "png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import fsync_dir, write_bytes_atomic as atomic_write_bytes  # noqa: F401 - used by writer, merge, head
 from .errors import CacheNotFoundError, CacheVersionError
 
 FORMAT_VERSION = 1
@@ -76,26 +76,6 @@ def sha256_array(a: np.ndarray) -> str:
 def sha256_strings(*columns: list[str]) -> str:
     """Hex sha256 of string columns (their JSON encoding)."""
     return hashlib.sha256(json.dumps(columns, ensure_ascii=False).encode()).hexdigest()
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename inside `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `path` via a fsynced temporary file and os.replace: readers see old or new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

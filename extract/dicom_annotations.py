@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from extract.dicom_geometry import map_boxes
-from extract.vindr import (
+from cache.vindr import (
     BOX_COLUMNS,
     DENSITY_NAMES,
     FINDING_COLUMNS,

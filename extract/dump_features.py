@@ -38,7 +38,7 @@ from extract.calibration import RANDOM_WEIGHTS_LABEL, random_calibrated_encoder
 from extract.checkpoints import CheckpointError, EncoderCheckpoint, infer_arch, load_encoder_state, read_checkpoint
 from extract.encoder import build_encoder, feature_grid, get_arch, local_features
 from extract.preprocess import MEAN, STD, AugmentConfig, ImageError, load_model_input
-from extract.vindr import LABEL_COLUMNS, images_from_rows, load_annotations, png_path
+from cache.vindr import LABEL_COLUMNS, images_from_rows, load_annotations, png_path
 
 
 class ExtractError(Exception):

@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from extract.phantom_png import encode_png_gray8, write_bytes_atomic
+from cache.atomic import write_bytes_atomic
+from extract.phantom_png import encode_png_gray8
 from extract.phantom_render import (
     REFERENCE_WIDTH, BreastShape, CalcCluster, CoarseCalc, ImageSpec, Mass, Vessel, edge_x, pectoral_x, render,
 )
-from extract.vindr import DENSITY_NAMES, FINDING_COLUMNS, NO_FINDING, VINDR_COLUMNS
+from cache.vindr import DENSITY_NAMES, FINDING_COLUMNS, NO_FINDING, VINDR_COLUMNS
 
 CSV_NAME = "vindr_detection_v1_folds.csv"
 IMAGES_DIRNAME = "images_png"

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -51,6 +49,7 @@ from extract.dicom_annotations import (
 )
 from extract.dicom_geometry import CropConfig, convert_pixels
 from extract.dicom_io import DicomReadError, read_dicom_pixels
+from cache.atomic import atomic_path, write_text_atomic
 
 CSV_NAME = "vindr_detection_v1_folds.csv"
 CROP_TABLE_NAME = "crop_boxes.csv"
@@ -123,47 +122,16 @@ class RunSummary(NamedTuple):
 # Atomic writes
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _atomic_path(path: Path) -> Path:
-    """A fresh temporary file beside ``path``, with the permissions a plain write would give."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    return Path(tmp)
-
-
-def _replace_or_clean(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_png(image_HW: np.ndarray, path: Path) -> None:
     """Write an 8-bit greyscale PNG atomically."""
-    tmp = _atomic_path(path)
-    try:
+    with atomic_path(path) as tmp:
         # compression level 1 (fast), as OpenCV's default in Mammo-CLIP's cv2.imwrite
         Image.fromarray(np.ascontiguousarray(image_HW, dtype=np.uint8)).save(tmp, format="PNG", compress_level=1)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace_or_clean(tmp, path)
 
 
 def write_text(text: str, path: Path) -> None:
     """Write a text file atomically."""
-    tmp = _atomic_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace_or_clean(tmp, path)
+    write_text_atomic(path, text)
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

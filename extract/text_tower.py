@@ -14,7 +14,7 @@ Bio_ClinicalBERT has it), otherwise from the tensor shapes plus Bio_ClinicalBERT
 defaults (64-dim attention heads, GELU, LayerNorm eps 1e-12). Nothing is ever downloaded.
 
 The checkpoint is read with `extract.checkpoints.safe_torch_load` (weights_only + omegaconf
-allow-list); the result is written as a prompt-embedding file (`extract.prompt_embeddings`).
+allow-list); the result is written as a prompt-embedding file (`cache.prompt_embeddings`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from extract.checkpoints import safe_torch_load
-from extract.prompt_embeddings import PromptEmbeddings, tokenizer_problem, write_prompt_embeddings
+from cache.prompt_embeddings import PromptEmbeddings, tokenizer_problem, write_prompt_embeddings
 
 TEXT_PREFIX = "text_encoder.text_encoder."
 TEXT_PROJECTION = "text_projection.projection."

@@ -1,6 +1,6 @@
 """mammosae_jax: sparse autoencoders on Mammo-CLIP features, in JAX.
 
-`SAE`, `load_sae` and `save_sae` are imported lazily from `mammosae_jax.io`, so that
+`SAE`, `load_sae` and `save_sae` are imported lazily from `mammosae_jax.models.sae_io`, so that
 `import mammosae_jax` stays cheap (no jax until they are used, never torch).
 """
 from __future__ import annotations
@@ -9,9 +9,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mammosae_jax.io import SAE, load_sae, save_sae
+    from mammosae_jax.models.sae_io import SAE, load_sae, save_sae
 
-_LAZY = {"SAE": "mammosae_jax.io", "load_sae": "mammosae_jax.io", "save_sae": "mammosae_jax.io"}
+_LAZY = {"SAE": "mammosae_jax.models.sae_io", "load_sae": "mammosae_jax.models.sae_io", "save_sae": "mammosae_jax.models.sae_io"}
 __all__ = sorted(_LAZY)
 
 

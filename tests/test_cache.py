@@ -14,7 +14,7 @@ import pytest
 
 import cache
 from cache import CacheWriter, open_cache
-from cache_testdata import DIM, GRID, LABELS, add_images, image_features, image_meta, writer_kwargs, write_cache
+from helpers.cache_data import DIM, GRID, LABELS, add_images, image_features, image_meta, writer_kwargs, write_cache
 
 N = 10
 
@@ -80,7 +80,7 @@ def test_rows_and_head(tmp_path):
     head = c.head()
     np.testing.assert_array_equal(head.weight, weight)
     np.testing.assert_array_equal(head.bias, np.array([0.5, -0.5], np.float32))
-    assert (head.label, head.class_names) == ("Mass", ["no", "yes"])
+    assert (head.label, head.class_names) == ("Mass", ("no", "yes"))
     # interoperable with the safetensors package
     from safetensors import safe_open
     with safe_open(str(tmp_path / "c" / "head.safetensors"), framework="numpy") as f:

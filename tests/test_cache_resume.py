@@ -15,7 +15,7 @@ import pytest
 
 import cache
 from cache import CacheWriter, merge_ranks, open_cache, rank_block
-from cache_testdata import add_images, writer_kwargs, write_cache
+from helpers.cache_data import add_images, writer_kwargs, write_cache
 
 N = 20
 REPO = Path(cache.__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ WRITER_SCRIPT = f"""
 import sys, time
 sys.path[:0] = [{str(REPO)!r}, {str(TESTS)!r}]
 from cache import CacheWriter
-from cache_testdata import add_images, writer_kwargs
+from helpers.cache_data import add_images, writer_kwargs
 with CacheWriter(sys.argv[1], **writer_kwargs(shard_size=3)) as w:
     print(w.n_complete, flush=True)
     for i in range(w.n_complete, {N}):

@@ -9,7 +9,7 @@ import pytest
 
 import cache
 from cache import open_cache
-from cache_testdata import DIM, GRID, image_features, write_cache
+from helpers.cache_data import DIM, GRID, image_features, write_cache
 
 N = 11
 P = GRID[0] * GRID[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from extract_testutils import ONE_THREAD_ENV, encoder_state, one_torch_thread, write_classifier_pth, write_clip_tar  # noqa: F401
+from helpers.encoder_data import ONE_THREAD_ENV, encoder_state, one_torch_thread, write_classifier_pth, write_clip_tar  # noqa: F401
 from safetensors import safe_open
 
 from extract import checkpoints

@@ -1,26 +1,26 @@
 """Class-wise latent scores and the reference ranking file format."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mammosae_jax.ranking import (
+from helpers.figure_data import assert_png_drawn, record_figures
+from mammosae_jax.viz import concept_figures
+from mammosae_jax.viz.concept_figures import plot_class_means
+from mammosae_jax.analysis.ranking import (
     RankingError,
     class_margins,
     class_means,
     class_scores,
     make_ranking,
-    plot_class_means,
     rank_positions,
     read_ranking,
     unit_weights,
     write_ranking,
 )
+from helpers.shared_data import REFERENCE, needs_reference
 
-REFERENCE = Path("/work/shared/reference")
 LABEL = "Suspicious_Calcification"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="released reference files not present")
 
 
 def _rows_fixture(seed=0):
@@ -135,9 +135,15 @@ def test_released_files_are_centered_scores_over_16384_rows_with_428_positives()
     np.testing.assert_allclose(imp[0], -p / (1 - p) * imp[1], rtol=2e-4, atol=1e-7)
 
 
-def test_class_means_figure_is_written(tmp_path):
+def test_class_means_figure_is_written(tmp_path, monkeypatch):
     zbar, row_to_image, row_label = _rows_fixture()
     stats = class_means(zbar, unit_weights(row_label, row_to_image, len(zbar), 2))
     ranking = make_ranking("Mass", class_scores(stats, "centered"))
+    saved = record_figures(monkeypatch, concept_figures)
     plot_class_means(stats, ranking, tmp_path / "fig.png", top=5)
-    assert (tmp_path / "fig.png").stat().st_size > 1000
+    assert_png_drawn(tmp_path / "fig.png", size=(600, 520))  # figsize (6, 2.6 per class) at 100 dpi
+    axes = saved.axes_of(tmp_path / "fig.png")
+    assert [ax.get_title() for ax in axes] == [f"Mass: top 5 latents of class {c}" for c in (0, 1)]
+    for c, ax in enumerate(axes):
+        assert [t.get_text() for t in ax.get_xticklabels()] == [str(j) for j in ranking.order_Cn[c, :5]]
+        assert len(ax.patches) == 5 * 2  # one bar per (latent, class)

@@ -18,12 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from convert_reference import REFERENCE_ORDER, ReferenceSAE, bits, make_reference_state_dict
-from mammosae_jax import convert as convert_cli
+from helpers.reference_sae_data import REFERENCE_ORDER, ReferenceSAE, bits, make_reference_state_dict
+from mammosae_jax.cli import convert as convert_cli
 from mammosae_jax.formats.common import FormatError
 from mammosae_jax.formats.reference_pt import read_reference_pt
-from mammosae_jax.io import SAE, load_sae, save_sae
-from mammosae_jax.sae import SAEConfig
+from mammosae_jax.models.sae_io import SAE, load_sae, save_sae
+from mammosae_jax.models.sae import SAEConfig
 
 D, N = 12, 40  # tiny d_in, n_latents
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_safetensors_export_has_saelens_names_shapes_and_cfg(tmp_path):
 def test_safetensors_round_trip_of_sparse_variants_keeps_config_and_behaviour(tmp_path, variant, threshold, arch):
     rng = np.random.default_rng(1)
     base = load_sae(_save_pt(tmp_path / "ref.pt", make_reference_state_dict(D, N, seed=6)))
-    config = SAEConfig(d_in=D, n_latents=N, variant=variant, k=5, l1_coeff=1e-4, aux_k=7,
+    config = SAEConfig(d_in=D, n_latents=N, variant=variant, k=None if variant == "relu" else 5, l1_coeff=1e-4, aux_k=7,
                        threshold=threshold, init="tied")
     sae = SAE(config, base.params)
     save_sae(tmp_path / "v.safetensors", sae)
@@ -458,7 +458,7 @@ def test_any_shape_round_trips_pt_safetensors_pt_bitwise(tmp_path_factory, d_in,
     d = tmp_path_factory.mktemp("prop")
     src = make_reference_state_dict(d_in, n_latents, seed, aliases=aliases)
     w = weights_from_state_dict(src)
-    write_saelens(d / "x.safetensors", w, SAEConfig(d_in=d_in, n_latents=n_latents, k=1).to_dict())
+    write_saelens(d / "x.safetensors", w, SAEConfig(d_in=d_in, n_latents=n_latents).to_dict())
     w2, config = read_saelens(d / "x.safetensors")
     assert (config["d_in"], config["n_latents"]) == (d_in, n_latents)
     out = state_dict_from_weights(w2)

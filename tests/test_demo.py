@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mammosae_jax.demo import DemoConfig, build_stages, parse_config
-from mammosae_jax.demo_gates import evaluate_gates
-from mammosae_jax.pipeline import Stage, StageFailed, run_stage
+from mammosae_jax.cli.demo import parse_config
+from mammosae_jax.demo.plan import DemoConfig, build_stages
+from mammosae_jax.demo.gates import evaluate_gates
+from mammosae_jax.demo.stages import Stage, StageFailed, run_stage
 
 
 def _write_stage(tmp_path: Path, text: str) -> Stage:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from extract_testutils import ONE_THREAD_ENV, encoder_state, one_torch_thread, write_classifier_pth  # noqa: F401
+from helpers.encoder_data import ONE_THREAD_ENV, encoder_state, one_torch_thread, write_classifier_pth  # noqa: F401
 from PIL import Image
 
 from cache import open_cache

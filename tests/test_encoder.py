@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from efficientnet_pytorch.utils import Conv2dStaticSamePadding
 
-from extract_testutils import one_torch_thread  # noqa: F401 (autouse)
+from helpers.encoder_data import one_torch_thread  # noqa: F401 (autouse)
 
 from extract.calibration import calibrate_batchnorm, random_calibrated_encoder
 from extract.encoder import (

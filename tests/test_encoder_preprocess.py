@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract_testutils import one_torch_thread  # noqa: F401 (autouse)
+from helpers.encoder_data import one_torch_thread  # noqa: F401 (autouse)
 
 from extract.preprocess import AugmentConfig, ImageError, augment_grey, load_model_input, normalise, read_grey
 

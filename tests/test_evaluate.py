@@ -3,13 +3,13 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
-import concept_fixtures as cf
+from helpers import concept_data as cf
 from cache import open_cache
-from mammosae_jax import evaluate as evaluate_cli
-from mammosae_jax.evaluate import evaluate
-from mammosae_jax.heads import head_from_cache, make_head, save_head
+from mammosae_jax.cli import evaluate as evaluate_cli
+from mammosae_jax.analysis.evaluation import evaluate
+from mammosae_jax.analysis.heads import head_from_cache, load_head, make_head, save_head
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,22 @@ def test_evaluate_cli_writes_json_and_table(fx, tmp_path, capsys):
     assert set(data["metrics"]) == {"row", "image"}
     assert set(data["metrics"]["row"]["sae"]) == {"aucroc", "auprc", "precision", "recall", "f1"}
     assert data["reconstruction"]["n_tokens"] == 16 * 12
+    # the values, not just the keys: the file holds what the direct computation gives
+    cache = open_cache(fx.cache_path)
+    head = head_from_cache(cache)
+    test = cache.split_indices("test")
+    pooled_xhat, stats = _direct(cache, fx.sae, test)
+    for name, want in stats.items():
+        assert data["reconstruction"][name] == pytest.approx(want, rel=1e-5), name
+    y_img = cache.labels[head.label].to_numpy()[test]
+    sae_logit = (pooled_xhat @ head.weight.T + head.bias)[:, 0]
+    raw_logit = (cache.pooled()[test] @ head.weight.T + head.bias)[:, 0]
+    image = data["metrics"]["image"]
+    assert image["sae"]["aucroc"] == pytest.approx(roc_auc_score(y_img, sae_logit), abs=1e-9)
+    assert image["raw"]["aucroc"] == pytest.approx(roc_auc_score(y_img, raw_logit), abs=1e-9)
+    assert image["raw"]["auprc"] == pytest.approx(average_precision_score(y_img, raw_logit), abs=1e-9)
+    assert image["raw"]["f1"] == pytest.approx(f1_score(y_img, raw_logit > 0), abs=1e-9)
+    assert image["n_units"] == len(test) and image["n_positive"] == int(y_img.sum())
 
 
 def test_density_head_reports_accuracy_and_macro_f1(fx, tmp_path, capsys):
@@ -76,6 +92,14 @@ def test_density_head_reports_accuracy_and_macro_f1(fx, tmp_path, capsys):
                        "--per", "image", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "evaluation_density.json").read_text())
     assert set(data["metrics"]["image"]["raw"]) == {"accuracy", "macro_f1"}
+    cache = open_cache(fx.cache_path)
+    test = cache.split_indices("test")
+    head = load_head(tmp_path / "d.safetensors")
+    pred = np.argmax(cache.pooled()[test] @ head.weight.T + head.bias, axis=1)
+    y = cache.labels["density"].to_numpy()[test]
+    raw = data["metrics"]["image"]["raw"]
+    assert raw["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-9)
+    assert raw["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-9)
 
 
 @pytest.mark.parametrize(

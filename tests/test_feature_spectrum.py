@@ -1,12 +1,12 @@
-"""PCA bound on the FVU of the cached features (mammosae_jax.feature_spectrum)."""
+"""PCA bound on the FVU of the cached features (mammosae_jax.analysis.spectrum)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from cache.reader import open_cache
-from mammosae_jax.feature_spectrum import pca_fvu, split_pca_fvu, token_covariance
-from train_testdata import DIM, GRID, write_train_cache
+from mammosae_jax.analysis.spectrum import pca_fvu, split_pca_fvu, token_covariance
+from helpers.train_data import DIM, GRID, write_train_cache
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ from sklearn.linear_model import LogisticRegression
 
 from cache.head import Head as CacheHead
 from cache.head import write_head
-from concept_fixtures import write_concept_cache
-from mammosae_jax import fit_head as fit_head_cli
-from mammosae_jax.concept_data import ConceptError
-from mammosae_jax.fit_head import FitConfig, fit_head_arrays
-from mammosae_jax.heads import HeadError, head_logits, load_head, make_head, save_head
-from mammosae_jax.metrics import auroc
+from helpers.concept_data import write_concept_cache
+from mammosae_jax.cli import fit_head as fit_head_cli
+from mammosae_jax.analysis.concept_data import ConceptError
+from mammosae_jax.analysis.head_fit import FitConfig, fit_head_arrays
+from mammosae_jax.analysis.heads import HeadError, head_logits, load_head, make_head, save_head
+from mammosae_jax.analysis.metrics import auroc
 
 
 def test_round_trip_and_interop_with_cache_writer(tmp_path):
@@ -89,7 +89,7 @@ def test_cross_validated_scores_equal_an_independent_grouped_cv():
     from sklearn.preprocessing import StandardScaler
     from sklearn.linear_model import LogisticRegression
 
-    from mammosae_jax.fit_head import cross_validated_scores
+    from mammosae_jax.analysis.head_fit import cross_validated_scores
 
     rng = np.random.default_rng(3)
     groups = np.repeat(np.arange(30), 4)
@@ -108,7 +108,7 @@ def test_cross_validated_scores_equal_an_independent_grouped_cv():
 
 def test_fit_head_cli_auto_C_picks_the_best_cross_validated_C(tmp_path, capsys):
     from cache import open_cache
-    from mammosae_jax.fit_head import cross_validated_scores
+    from mammosae_jax.analysis.head_fit import cross_validated_scores
 
     cache = write_concept_cache(tmp_path / "c")
     fit_head_cli.main(["--cache", str(cache), "--label", "Mass", "--out", str(tmp_path / "h.safetensors")])

@@ -1,4 +1,4 @@
-"""Import hygiene: `cache` needs only numpy + h5py; `mammosae_jax` never imports torch.
+"""Import hygiene: `cache` needs only numpy + h5py; `mammosae_jax` never imports torch nor `extract`.
 
 Each check runs in a fresh interpreter that imports every submodule of the package (found by
 walking it, so new modules are covered automatically) and then inspects `sys.modules`.
@@ -50,4 +50,5 @@ def test_mammosae_jax_never_imports_torch():
     assert res["failed"] == {}
     torchy = [m for m in res["top"] if m.startswith("torch") or m in ("efficientnet_pytorch", "transformers")]
     assert torchy == [], f"importing mammosae_jax pulled in {torchy}"
+    assert "extract" not in res["top"], "mammosae_jax imported the PyTorch half's package (extract)"
     assert "jax" in res["top"]  # the walk really imported the JAX modules

@@ -1,21 +1,22 @@
 """concepts + intervene CLIs end to end on a tiny cache, the identity checked against --exact."""
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import concept_fixtures as cf
+from helpers import concept_data as cf
 from cache import open_cache
-from mammosae_jax import concepts as concepts_cli
-from mammosae_jax import intervene as intervene_cli
-from mammosae_jax.evaluate import evaluate
-from mammosae_jax.heads import head_from_cache
-from mammosae_jax.ranking import read_ranking
+from mammosae_jax.cli import concepts as concepts_cli
+from mammosae_jax.cli import intervene as intervene_cli
+from mammosae_jax.analysis.evaluation import evaluate
+from mammosae_jax.analysis.heads import head_from_cache
+from mammosae_jax.analysis.ranking import read_ranking
+from helpers.figure_data import assert_png_drawn, record_figures
+from mammosae_jax.viz import concept_figures
+from helpers.shared_data import REFERENCE, require_reference
 
 LABEL = "Suspicious_Calcification"
-REFERENCE = Path("/work/shared/reference")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_concepts_cli_ranks_by_centered_row_means(fx):
         want = z_rows[y == c].mean(0) - z_rows.mean(0)
         np.testing.assert_allclose(ranking.importance_Cn[c], want, rtol=1e-4, atol=1e-6)
         assert set(ranking.order_Cn[c, :5]) == set(np.argsort(-want, kind="stable")[:5])
-    assert (ranking_dir / f"class_means_{LABEL}.png").stat().st_size > 1000
+    assert_png_drawn(ranking_dir / f"class_means_{LABEL}.png")
 
 
 def test_concepts_cli_attribution_ranks_by_the_heads_use_of_each_latent(fx, tmp_path, capsys):
@@ -70,7 +71,8 @@ def _run(args, capsys):
     return capsys.readouterr().out
 
 
-def test_intervene_default_exact_and_keep_error(fx, tmp_path, capsys):
+def test_intervene_default_exact_and_keep_error(fx, tmp_path, capsys, monkeypatch):
+    saved = record_figures(monkeypatch, concept_figures)
     fixture, ranking_dir = fx
     base = ["--cache", str(fixture.cache_path), "--sae", str(fixture.sae_path), "--ranking", str(ranking_dir)]
     _run([*base, "--out", str(tmp_path / "fast")], capsys)
@@ -101,7 +103,11 @@ def test_intervene_default_exact_and_keep_error(fx, tmp_path, capsys):
     with (tmp_path / "fast" / f"single_latent_ablation_{LABEL}.csv").open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == cf.N_LATENTS and set(table[0]) == {"latent", "mean_dlogit_class=0", "mean_dlogit_class=1"}
-    assert (tmp_path / "fast" / f"topk_{LABEL}.png").stat().st_size > 1000
+    rgb = assert_png_drawn(tmp_path / "fast" / f"topk_{LABEL}.png", size=(600, 400))  # figsize (6, 4) at 100 dpi
+    (ax,) = saved.axes_of(tmp_path / "fast" / f"topk_{LABEL}.png")
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("k (latents per class)", "aucroc", "symlog")
+    assert ax.get_title() == f"{LABEL}: top-k latent interventions"
+    assert len(ax.get_lines()) == 4  # on, off, and the raw / SAE-only reference lines
 
 
 @pytest.mark.parametrize(
@@ -114,8 +120,8 @@ def test_intervene_default_exact_and_keep_error(fx, tmp_path, capsys):
 )
 def test_intervene_errors(fx, tmp_path, capsys, extra, message):
     fixture, ranking_dir = fx
-    if not REFERENCE.is_dir() and str(REFERENCE) in extra:
-        pytest.skip("released reference files not present")
+    if str(REFERENCE) in extra:
+        require_reference()
     args = ["--cache", str(fixture.cache_path), "--sae", str(fixture.sae_path), "--ranking", str(ranking_dir),
             "--out", str(tmp_path), *extra]
     with pytest.raises(SystemExit) as e:
@@ -126,11 +132,11 @@ def test_intervene_errors(fx, tmp_path, capsys, extra, message):
 
 
 def test_density_interventions_report_accuracy_and_macro_f1(fx, tmp_path):
-    from mammosae_jax.fit_head import fit_head_arrays
-    from mammosae_jax.interventions import exact_logits, sweep_masks
-    from mammosae_jax.intervene import run_interventions
-    from mammosae_jax.metrics import multiclass_metrics
-    from mammosae_jax.ranking import make_ranking
+    from mammosae_jax.analysis.head_fit import fit_head_arrays
+    from mammosae_jax.analysis.interventions import exact_logits, sweep_masks
+    from mammosae_jax.analysis.intervention_run import run_interventions
+    from mammosae_jax.analysis.metrics import multiclass_metrics
+    from mammosae_jax.analysis.ranking import make_ranking
 
     fixture, _ = fx
     cache = open_cache(fixture.cache_path)

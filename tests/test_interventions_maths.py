@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mammosae_jax import sae as sae_mod
-from mammosae_jax.heads import make_head
-from mammosae_jax.io import SAE
-from mammosae_jax.interventions import (
+from mammosae_jax.models import sae as sae_mod
+from mammosae_jax.analysis.heads import make_head
+from mammosae_jax.models.sae_io import SAE
+from mammosae_jax.analysis.interventions import (
     DEFAULT_KS,
     ablation_effects,
     error_logits,
@@ -20,9 +20,9 @@ from mammosae_jax.interventions import (
     sweep_masks,
     topk_union_masks,
 )
-from mammosae_jax.latent_stats import make_batch_fn
-from mammosae_jax.metrics import binary_metrics
-from mammosae_jax.ranking import make_ranking, unit_weights
+from mammosae_jax.analysis.latent_stats import make_batch_fn
+from mammosae_jax.analysis.metrics import binary_metrics
+from mammosae_jax.analysis.ranking import make_ranking, unit_weights
 
 D, N_LAT, H, W, B = 8, 32, 3, 4, 6
 

@@ -14,15 +14,16 @@ import pytest
 import mammosae_jax
 from mammosae_jax.formats import saelens
 from mammosae_jax.formats.common import FormatError
-from mammosae_jax.io import SAE, detect_format, load_sae, save_sae
-from mammosae_jax.sae import SAEConfig
+from mammosae_jax.models.sae_io import SAE, detect_format, load_sae, save_sae
+from mammosae_jax.models.sae import SAEConfig
 
 D, N = 10, 24
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _sae(variant: str = "relu", seed: int = 0, **kw) -> SAE:
-    config = SAEConfig(d_in=D, n_latents=N, variant=variant, k=kw.pop("k", 4), **kw)
+    k = kw.pop("k", 4)
+    config = SAEConfig(d_in=D, n_latents=N, variant=variant, k=None if variant == "relu" else k, **kw)
     rng = np.random.default_rng(seed)
     W_dec = rng.normal(size=(N, D))
     return SAE(config, {"W_enc": rng.normal(size=(D, N)).astype(np.float32) * 0.5,
@@ -69,11 +70,11 @@ def test_topk_sae_keeps_exactly_k_latents_per_token():
 def test_sae_rejects_params_that_do_not_match_the_config():
     good = _sae().params
     with pytest.raises(FormatError, match=f"SAE params are d_in={D}, n_latents={N} but the config says d_in={D}, n_latents={N + 1}"):
-        SAE(SAEConfig(d_in=D, n_latents=N + 1, k=4), good)
+        SAE(SAEConfig(d_in=D, n_latents=N + 1), good)
     with pytest.raises(FormatError, match="SAE params lack b_dec"):
-        SAE(SAEConfig(d_in=D, n_latents=N, k=4), {k: v for k, v in good.items() if k != "b_dec"})
+        SAE(SAEConfig(d_in=D, n_latents=N), {k: v for k, v in good.items() if k != "b_dec"})
     with pytest.raises(FormatError, match=r"'b_enc' has shape \(3,\), expected \(24,\)"):
-        SAE(SAEConfig(d_in=D, n_latents=N, k=4), {**good, "b_enc": np.zeros(3, np.float32)})
+        SAE(SAEConfig(d_in=D, n_latents=N), {**good, "b_enc": np.zeros(3, np.float32)})
 
 
 def test_run_folder_round_trip_is_lossless(tmp_path):
@@ -174,7 +175,7 @@ def test_safetensors_path_works_with_torch_blocked(tmp_path):
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         import numpy as np
-        import mammosae_jax.io as io
+        import mammosae_jax.models.sae_io as io
         from mammosae_jax.formats.common import FormatError
         sae = io.load_sae({str(tmp_path / "run")!r})
         z = np.asarray(sae.encode(np.ones((2, {D}), np.float32)))
@@ -191,7 +192,7 @@ def test_safetensors_path_works_with_torch_blocked(tmp_path):
     assert lines[0].startswith("the reference .pt format needs PyTorch, which is not importable here")
     assert lines[0].endswith("install it (`pip install torch`, the CPU build is enough) or use .safetensors")
     assert lines[1] == "True"
-    assert load_sae(tmp_path / "copy.safetensors").config == SAEConfig(d_in=D, n_latents=N, k=4)
+    assert load_sae(tmp_path / "copy.safetensors").config == SAEConfig(d_in=D, n_latents=N)
 
 
 def test_cfg_json_of_a_newer_or_broken_config_is_a_clear_error(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score
 
-from mammosae_jax.localization import (average_precision, box_iou, boxes_from_mask, clip_boxes, fill_holes,
+from mammosae_jax.viz.localization import (average_precision, box_iou, boxes_from_mask, clip_boxes, fill_holes,
                                        match_boxes, max_iou, percentile_boxes, pointing_hit,
                                        threshold_boxes)
 

@@ -12,7 +12,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from mammosae_jax.metrics import (
+from mammosae_jax.analysis.metrics import (
     MetricsError,
     auroc,
     average_precision,

@@ -6,15 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from extract.prompt_embeddings import (
+from cache.prompt_embeddings import (
     PromptEmbeddingError,
     PromptEmbeddings,
     read_prompt_embeddings,
     write_prompt_embeddings,
 )
-from mammosae_jax.latent_naming import NamingError, match_prompts, name_latents, similarity_table
-from mammosae_jax.name_latents import format_table, main, parse_latent_ids
-from mammosae_jax.prompts import DEFAULT_PROMPTS, PromptError, default_prompts, load_prompts
+from mammosae_jax.analysis.naming import NamingError, match_prompts, name_latents, similarity_table
+from mammosae_jax.analysis.naming_run import format_table, parse_latent_ids
+from mammosae_jax.cli.name_latents import main
+from mammosae_jax.analysis.prompts import DEFAULT_PROMPTS, PromptError, default_prompts, load_prompts
 
 P, E, C, N = 12, 8, 24, 40
 

@@ -6,16 +6,16 @@ import json
 
 import numpy as np
 import pytest
-import text_tower_testdata as td
+from helpers import text_tower_data as td
 import torch
 from PIL import Image
 from transformers import BertTokenizer
 
-from mammosae_jax.io import SAE, save_sae
-from mammosae_jax.name_latents import main
-from mammosae_jax.prompts import default_prompts
-from mammosae_jax.ranking import make_ranking, write_ranking
-from mammosae_jax.sae import SAEConfig
+from mammosae_jax.models.sae_io import SAE, save_sae
+from mammosae_jax.cli.name_latents import main
+from mammosae_jax.analysis.prompts import default_prompts
+from mammosae_jax.analysis.ranking import make_ranking, write_ranking
+from mammosae_jax.models.sae import SAEConfig
 
 N_LATENTS = 24
 CALC, DENSE = "suspicious calcification", "the breasts are extremely dense"
@@ -50,7 +50,7 @@ def world(tmp_path_factory):
     params = {"W_enc": rng.normal(size=(td.D_IN, N_LATENTS)).astype(np.float32) * 0.1,
               "b_enc": np.zeros(N_LATENTS, np.float32), "W_dec": W_dec.astype(np.float32),
               "b_dec": np.zeros(td.D_IN, np.float32)}
-    save_sae(root / "sae.safetensors", SAE(SAEConfig(d_in=td.D_IN, n_latents=N_LATENTS, k=4), params))
+    save_sae(root / "sae.safetensors", SAE(SAEConfig(d_in=td.D_IN, n_latents=N_LATENTS), params))
 
     importance = np.zeros((2, N_LATENTS), np.float32)
     importance[1, [11, 5, 17, 2]] = [4.0, 3.0, 2.0, 1.0]

@@ -5,11 +5,11 @@ import json
 
 import numpy as np
 import pytest
-import text_tower_testdata as td
+from helpers import text_tower_data as td
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from extract.prompt_embeddings import cache_file, cache_key, file_sha256, read_prompt_embeddings, tokenizer_sha256
+from cache.prompt_embeddings import cache_file, cache_key, file_sha256, read_prompt_embeddings, tokenizer_sha256
 from extract.text_tower import (
     TextTowerError,
     build_text_tower,
@@ -20,7 +20,7 @@ from extract.text_tower import (
     read_clip_text_parts,
     resolve_bert_config,
 )
-from mammosae_jax.prompts import default_prompts
+from mammosae_jax.analysis.prompts import default_prompts
 
 
 @pytest.fixture(scope="module")

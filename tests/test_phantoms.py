@@ -18,7 +18,7 @@ from extract.phantom_render import render
 from extract.phantoms import (
     CSV_NAME, PhantomConfig, assign_test_patients, generate, main, patient_density, plan_breast, plan_view,
 )
-from extract.vindr import (
+from cache.vindr import (
     BOX_COLUMNS, DENSITY_NAMES, FINDING_COLUMNS, RESIZED_BOX_COLUMNS, VINDR_COLUMNS, images_from_rows,
     load_annotations, png_path,
 )

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dicom_phantom import (
+from helpers.dicom_data import (
     BREAST_HEADER,
     FINDING_HEADER,
     area_resize,
@@ -21,7 +21,7 @@ from dicom_phantom import (
     write_jpeg_lossless_stub,
 )
 from extract.preprocess_dicom import main
-from extract.vindr import FINDING_COLUMNS, VINDR_COLUMNS, load_annotations
+from cache.vindr import FINDING_COLUMNS, VINDR_COLUMNS, load_annotations
 
 OUT_H, OUT_W = 160, 96
 BORDER = 5

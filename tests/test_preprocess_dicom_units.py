@@ -12,7 +12,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import JPEG2000Lossless, JPEGLossless
 from skimage.filters import threshold_otsu
 
-from dicom_phantom import (
+from helpers.dicom_data import (
     BREAST_HEADER,
     FINDING_HEADER,
     area_resize as reference_area_resize,

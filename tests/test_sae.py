@@ -1,4 +1,4 @@
-"""The SAE equations and variants (mammosae_jax.sae, mammosae_jax.variants)."""
+"""The SAE equations and variants (mammosae_jax.models.sae, mammosae_jax.models.variants)."""
 import dataclasses
 
 import jax
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mammosae_jax import sae
-from mammosae_jax.variants import VARIANTS, get_variant
-from mammosae_jax.variants.base import scatter_dense
+from mammosae_jax.models import sae
+from mammosae_jax.models.variants import VARIANTS, get_variant
+from mammosae_jax.models.variants.base import scatter_dense
 
 D, S, B = 16, 64, 12
 
@@ -20,7 +20,7 @@ _forward = jax.jit(sae.forward, static_argnums=0)
 
 
 def _setup(variant="relu", k=4, init="tied", seed=0, **kw):
-    config = sae.SAEConfig(D, S, variant=variant, k=k, init=init, **kw)
+    config = sae.SAEConfig(D, S, variant=variant, k=None if variant == "relu" else k, init=init, **kw)
     params = sae.init_params(config, jax.random.key(seed))
     # a non-zero tied bias and encoder bias so that every term of the equations is exercised
     params["b_dec"] = 0.1 * jax.random.normal(jax.random.key(seed + 1), (D,))
@@ -152,7 +152,10 @@ def test_config_validation_and_dict_round_trip():
     with pytest.raises(ValueError, match="unknown SAE variant 'nope'; known: relu, topk, batchtopk"):
         sae.SAEConfig(8, 32, variant="nope")
     with pytest.raises(ValueError, match="k must be in"):
-        sae.SAEConfig(8, 32, k=33)
+        sae.SAEConfig(8, 32, variant="topk", k=33)
+    with pytest.raises(ValueError, match="a relu SAE has no k"):
+        sae.SAEConfig(8, 32, k=4)
+    assert sae.SAEConfig(8, 32).k is None and sae.SAEConfig(8, 32, variant="topk").k == 32
     with pytest.raises(ValueError, match="unknown SAEConfig field"):
         sae.SAEConfig.from_dict({"d_in": 8, "n_latents": 32, "dims": 3})
     with pytest.raises(ValueError, match="unknown SAE variant"):

@@ -7,11 +7,11 @@ from sklearn.metrics import roc_auc_score
 
 import cache as cache_lib
 from mammosae_jax import load_sae
-from mammosae_jax.heads import make_head, save_head
-from mammosae_jax.sweep import main
-from mammosae_jax.sweep_report import pareto_front
-from sweep_testdata import write_labelled_cache
-from train_testdata import DIM, write_train_cache
+from mammosae_jax.analysis.heads import make_head, save_head
+from mammosae_jax.cli.sweep import main
+from mammosae_jax.training.sweep_report import pareto_front
+from helpers.sweep_data import write_labelled_cache
+from helpers.train_data import DIM, write_train_cache
 
 COMMON = ["--batch-size", "16", "--val-fraction", "0.25", "--log-every", "4", "--no-progress"]
 

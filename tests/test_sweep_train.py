@@ -8,7 +8,7 @@ import pytest
 
 import cache as cache_lib
 from mammosae_jax import load_sae
-from mammosae_jax.sae import PARAM_NAMES, SAEConfig
+from mammosae_jax.models.sae import PARAM_NAMES, SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.loop import train
 from mammosae_jax.training.mesh import make_data_parallel
@@ -17,7 +17,7 @@ from mammosae_jax.training.stacked import (Member, group_members, init_stacked_s
 from mammosae_jax.training.state import init_state, make_optimizer
 from mammosae_jax.training.step import make_train_step
 from mammosae_jax.training.sweep_loop import train_sweep
-from train_testdata import DIM, write_train_cache
+from helpers.train_data import DIM, write_train_cache
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_stacked_step_equals_single_steps_over_four_devices(variant):
     dp = make_data_parallel()
     assert dp.n_devices == 4
     tc = TrainConfig(lr=1e-2, steps=3, batch_size=16, dead_after_tokens=32)
-    members = [Member(f"m{i}", SAEConfig(DIM, 32, variant=variant, k=4, aux_k=4, l1_coeff=l1), lr)
+    members = [Member(f"m{i}", SAEConfig(DIM, 32, variant=variant, k=None if variant == "relu" else 4, aux_k=4, l1_coeff=l1), lr)
                for i, (l1, lr) in enumerate([(1e-3, 1e-2), (3e-2, 2e-3)])]
     (stack,) = group_members(members)
     rng = np.random.default_rng(0)
@@ -84,9 +84,9 @@ def test_sweep_member_equals_single_run_with_resampling(tiny_cache, tmp_path):
     feats = cache_lib.open_cache(tiny_cache)
     tc = TrainConfig(lr=1e-2, batch_size=16, epochs=3, val_fraction=0.25, resample_every_epochs=1,
                      resample_stop_epochs=1, resample_tokens=64, log_every=4, checkpoint_every=1000)
-    members = [Member("narrow_a", SAEConfig(DIM, 2 * DIM, l1_coeff=1e-3, k=4), 1e-2),
-               Member("narrow_b", SAEConfig(DIM, 2 * DIM, l1_coeff=1.0, k=4), 1e-1),
-               Member("wide", SAEConfig(DIM, 4 * DIM, l1_coeff=1e-3, k=4), 1e-2)]
+    members = [Member("narrow_a", SAEConfig(DIM, 2 * DIM, l1_coeff=1e-3), 1e-2),
+               Member("narrow_b", SAEConfig(DIM, 2 * DIM, l1_coeff=1.0), 1e-1),
+               Member("wide", SAEConfig(DIM, 4 * DIM, l1_coeff=1e-3), 1e-2)]
     result = train_sweep(feats, tmp_path / "sweep", members, tc, progress=False)
     assert [s.members for s in result.stacks] == [(0, 1), (2,)]
     assert result.steps == 24 and result.data.train_batches == 24  # one pass: 24 batches for 3 SAEs

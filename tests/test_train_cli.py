@@ -7,12 +7,12 @@ import pytest
 
 import cache as cache_lib
 from mammosae_jax import load_sae
-from mammosae_jax.sae import SAEConfig
-from mammosae_jax.train import main
+from mammosae_jax.models.sae import SAEConfig
+from mammosae_jax.cli.train import main
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.loop import train
-from train_testdata import DIM, FaultyCache, write_train_cache
+from helpers.train_data import DIM, FaultyCache, write_train_cache
 
 # 24 images -> 16 training (8 patients), 4 validation (2 patients), 4 test; 8 positions each
 COMMON = ["--batch-size", "16", "--val-fraction", "0.25", "--l1", "1e-3", "--lr", "1e-2", "--expansion", "4",
@@ -62,7 +62,7 @@ def _args(cache_path, out, *extra):
 
 @pytest.mark.parametrize("variant", ["relu", pytest.param("batchtopk", marks=pytest.mark.slow)])
 def test_killed_after_checkpoint_and_resumed_equals_uninterrupted_bitwise(tiny_cache, tmp_path, variant):
-    sae_cfg = SAEConfig(DIM, 4 * DIM, variant=variant, k=4, l1_coeff=1e-3, aux_k=8)
+    sae_cfg = SAEConfig(DIM, 4 * DIM, variant=variant, k=None if variant == "relu" else 4, l1_coeff=1e-3, aux_k=8)
     tc = TrainConfig(lr=1e-2, batch_size=16, epochs=3, val_fraction=0.25, resample_every_epochs=1,
                      resample_stop_epochs=1, resample_tokens=64, dead_after_tokens=48, checkpoint_every=5,
                      log_every=1)

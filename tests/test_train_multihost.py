@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mammosae_jax import load_sae
-from train_testdata import write_train_cache
+from helpers.train_data import write_train_cache
 
 REPO = Path(__file__).resolve().parents[1]
 

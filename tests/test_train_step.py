@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mammosae_jax import sae
+from mammosae_jax.models import sae
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.mesh import make_data_parallel
 from mammosae_jax.training.resample import resample_dead, token_losses
@@ -90,7 +90,7 @@ def test_three_steps_equal_float64_numpy_reference():
        scale=st.sampled_from([0.01, 1.0, 100.0]))
 def test_decoder_rows_stay_unit_norm(seed, variant, scale):
     """Whatever the data scale (and so the effective step size), decoder rows end at unit norm."""
-    config = sae.SAEConfig(D, S, variant=variant, k=4)
+    config = sae.SAEConfig(D, S, variant=variant, k=None if variant == "relu" else 4)
     state = _state(config, TrainConfig(lr=0.1, steps=2, batch_size=8), seed)
     step = make_train_step(config, TrainConfig(lr=0.1, steps=1, batch_size=8, dead_after_tokens=80))
     rng = np.random.default_rng(seed)
@@ -165,7 +165,7 @@ def test_resampling_prefers_high_loss_tokens():
 @pytest.mark.parametrize("variant", ["relu", pytest.param("topk", marks=pytest.mark.slow)])
 def test_data_parallel_over_four_devices_equals_one_device(variant):
     assert jax.device_count() == 4, "conftest provides 4 simulated CPU devices"
-    config = sae.SAEConfig(D, S, variant=variant, k=4, l1_coeff=1e-3)
+    config = sae.SAEConfig(D, S, variant=variant, k=None if variant == "relu" else 4, l1_coeff=1e-3)
     train = TrainConfig(lr=1e-2, steps=3, batch_size=B, dead_after_tokens=2 * B)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):

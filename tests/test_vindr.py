@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from extract.vindr import (
+from cache.vindr import (
     CONCEPT_LABELS, FINDING_COLUMNS, LABEL_COLUMNS, VINDR_COLUMNS, images_from_rows, load_annotations,
     parse_finding_categories, png_path,
 )

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from cache import CacheWriter
-from extract.vindr import VINDR_COLUMNS
-from mammosae_jax import heatmap_figures as figs
-from mammosae_jax.io import SAE, save_sae
-from mammosae_jax.ranking import make_ranking, write_ranking
-from mammosae_jax.sae import SAEConfig
-from mammosae_jax.visualize import main
+from cache.vindr import VINDR_COLUMNS
+from mammosae_jax.viz import heatmap_figures as figs
+from mammosae_jax.models.sae_io import SAE, save_sae
+from mammosae_jax.analysis.ranking import make_ranking, write_ranking
+from mammosae_jax.models.sae import SAEConfig
+from mammosae_jax.cli.visualize import main
 
 GRID = (6, 4)
 IMAGE_HW = (75, 45)
@@ -87,7 +87,7 @@ def world(tmp_path_factory):
     w_enc[3, 3] = w_enc[4, 4] = 1.0
     b_enc = np.array([0.0, 0.0, -1.0, 0.0, 0.0], np.float32)
     w_dec = np.eye(n_latents, DIM, dtype=np.float32)
-    sae = SAE(SAEConfig(d_in=DIM, n_latents=n_latents, k=2), {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec,
+    sae = SAE(SAEConfig(d_in=DIM, n_latents=n_latents), {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec,
                                                          "b_dec": np.zeros(DIM, np.float32)})
     save_sae(root / "sae.safetensors", sae)
     importance = np.array([[0.0, 1.0, 2.0, 0.5, 0.1], [3.0, 2.0, 1.0, -1.0, -2.0]])
@@ -203,9 +203,9 @@ def test_cli_latents_flag_and_errors(world, capsys):
 
 
 def test_cli_gallery_spans_the_whole_cache(world):
-    from mammosae_jax.galleries import scan_cache
-    from mammosae_jax.heatmaps import latent_encoder
-    from mammosae_jax.io import load_sae
+    from mammosae_jax.viz.galleries import scan_cache
+    from mammosae_jax.viz.heatmaps import latent_encoder
+    from mammosae_jax.models.sae_io import load_sae
     from cache import open_cache
 
     scan = scan_cache(open_cache(world / "cache"), latent_encoder(load_sae(world / "sae.safetensors"), [0]), 1,
@@ -219,7 +219,7 @@ def test_cli_gallery_spans_the_whole_cache(world):
 
 def test_ground_truth_clips_and_drops_boxes_outside_the_png(world, tmp_path):
     from cache import open_cache
-    from mammosae_jax.visualize import VisualizeConfig, VisualizeError, ground_truth
+    from mammosae_jax.viz.localize_run import VisualizeConfig, VisualizeError, ground_truth
 
     rows = csv_rows()
     extra = rows[rows["image_id"] == "imgC.png"].copy()

@@ -1,4 +1,4 @@
-"""How an SAE is trained (the SAE itself is `mammosae_jax.sae.SAEConfig`)."""
+"""How an SAE is trained (the SAE itself is `mammosae_jax.models.sae.SAEConfig`)."""
 from __future__ import annotations
 
 import dataclasses

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from cache import CacheError
 
-from mammosae_jax.sae import SAEConfig
+from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
@@ -309,7 +309,7 @@ def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume:
         ckpt.close()
     final = inference_config(config, state)
     if jax.process_index() == 0:
-        from mammosae_jax.io import SAE, save_sae
+        from mammosae_jax.models.sae_io import SAE, save_sae
 
         save_sae(out, SAE(final, jax.device_get(state.params)))
     return RunResult(state, final, int(state.step), trainer.last_val)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mammosae_jax.sae import SAEConfig, forward
+from mammosae_jax.models.sae import SAEConfig, forward
 from mammosae_jax.training.state import TrainState, reset_adam_moments
-from mammosae_jax.variants import get_variant
+from mammosae_jax.models.variants import get_variant
 
 ENCODER_SCALE = 0.2
 

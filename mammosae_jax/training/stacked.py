@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mammosae_jax.sae import SAEConfig
+from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.resample import resample_dead, token_losses
 from mammosae_jax.training.state import TrainState, init_state, make_optimizer

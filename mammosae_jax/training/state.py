@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mammosae_jax.sae import Params, SAEConfig, init_params
+from mammosae_jax.models.sae import Params, SAEConfig, init_params
 from mammosae_jax.training.config import TrainConfig
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mammosae_jax.sae import SAEConfig, loss, normalize_rows, remove_parallel_component
+from mammosae_jax.models.sae import SAEConfig, loss, normalize_rows, remove_parallel_component
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.state import TrainState, make_optimizer
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mammosae_jax.sae import SAEConfig
+from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataSplit
 from mammosae_jax.training.loop import (TokenSource, TrainError, data_record, finite_batch_on_devices,
@@ -249,7 +249,7 @@ def train_sweep(cache, out: str | Path, members: Sequence[Member], tc: TrainConf
                 raise TrainError(f"member {members[i].name}: parameters became non-finite (training diverged; "
                                  "lower its --lr)")
             if jax.process_index() == 0:
-                from mammosae_jax.io import SAE, save_sae
+                from mammosae_jax.models.sae_io import SAE, save_sae
 
                 save_sae(runs[i], SAE(configs[i], mstate.params))
     stats = DataStats(sweep.train_batches, sweep.train_batches * tc.batch_size, sweep.feature_bytes)

@@ -7,7 +7,7 @@ from typing import Iterable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mammosae_jax.sae import Params, SAEConfig, forward
+from mammosae_jax.models.sae import Params, SAEConfig, forward
 
 
 class ValSums(NamedTuple):

@@ -1,0 +1,64 @@
+"""A minimal safetensors writer/reader in numpy + the standard library (no `safetensors` package).
+
+Layout (the safetensors format): 8-byte little-endian header length, a JSON header mapping each
+tensor name to {dtype, shape, data_offsets} plus `__metadata__` (string values only), then the raw
+little-endian tensor bytes. Files written here load with the `safetensors` package and vice versa.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .atomic import write_bytes_atomic
+
+DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "I64": np.dtype("<i8")}
+_CODES = {v: k for k, v in DTYPES.items()}
+
+
+class SafetensorsFormatError(ValueError):
+    """Bytes that are not a safetensors file (or use a dtype this reader does not know)."""
+
+
+def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+    """The file's bytes: header (metadata first, tensors in the given order, padded to 8) + data."""
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
+    blobs, offset = [], 0
+    for name, array in tensors.items():
+        a = np.ascontiguousarray(array)
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        if a.dtype not in _CODES:
+            raise SafetensorsFormatError(f"tensor {name!r}: dtype {a.dtype} is not supported")
+        header[name] = {"dtype": _CODES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        blobs.append(a.tobytes())
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def write_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """Write a safetensors file atomically."""
+    write_bytes_atomic(Path(path), encode(tensors, metadata))
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; `SafetensorsFormatError` if it is not one."""
+    data = Path(path).read_bytes()
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n])
+        body = memoryview(data)[8 + n:]
+        tensors = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = spec["data_offsets"]
+            tensors[name] = np.frombuffer(body[begin:end], dtype=DTYPES[spec["dtype"]]).reshape(spec["shape"]).copy()
+        return tensors, dict(header.get("__metadata__") or {})
+    except (KeyError, ValueError, TypeError, struct.error) as e:
+        raise SafetensorsFormatError(f"{path} is not a valid safetensors file ({e})") from None
