@@ -4,7 +4,8 @@
     x̂  = z @ W_dec + b_dec                       W_dec [n, d_in] with unit-norm rows, b_dec [d_in]
     loss = mean_dims (x̂ - x)² + variant penalty (+ auxiliary loss), averaged over the batch
 
-`act` and the penalty come from the variant plug-ins in `mammosae_jax/variants/`.
+`act` and the penalty come from the variant plug-ins in `models/variants/`; the equations shared
+with them (`pre_activation`, `decode`, unit-norm helpers) are in `models/core.py`.
 
 Why Flax in this shape: the parameters are a plain dict of four arrays, the public contract
 (docs/CONTRACTS.md) and exactly the SAELens tensor names, so conversion, saving and interventions

@@ -98,16 +98,15 @@ def _check_resume(path: Path, sae: dict, train: dict) -> None:
                                  f"{before!r}, now {value!r}; use the same settings or a new --out")
 
 
-class TokenSource:
-    """This process's slice of the cache's token stream; needs `cache`, `tc`, `pid`, `pc` attributes."""
+def token_stream(cache, tc: TrainConfig, batch: int, seed: int, epoch: int, images: np.ndarray,
+                 drop_last: bool, prefetch: int):
+    """This process's slice of the cache's token stream (shared by the trainer and the sweep)."""
+    return cache.iter_tokens(batch, seed, epoch, tc.token_fraction, images=images,
+                             shard_index=jax.process_index(), shard_count=jax.process_count(),
+                             drop_last=drop_last, prefetch=prefetch)
 
-    def _stream(self, batch: int, seed: int, epoch: int, images: np.ndarray, drop_last: bool, prefetch: int):
-        return self.cache.iter_tokens(batch, seed, epoch, self.tc.token_fraction, images=images,
-                                      shard_index=self.pid, shard_count=self.pc, drop_last=drop_last,
-                                      prefetch=prefetch)
 
-
-class _Trainer(TokenSource):
+class _Trainer:
     """State and helpers of one run (the public entry point is `train`)."""
 
     def __init__(self, cache, out: Path, config: SAEConfig, tc: TrainConfig, dp: DataParallel,
@@ -138,7 +137,7 @@ class _Trainer(TokenSource):
     def resample(self, state: TrainState, epoch: int, step: int) -> TrainState:
         ldev = self.local_devices
         want = max(ldev, math.ceil(self.tc.resample_tokens / self.pc / ldev) * ldev)
-        stream = self._stream(want, self.tc.seed + 1, epoch, self.split.train_images, False, 0)
+        stream = token_stream(self.cache, self.tc, want, self.tc.seed + 1, epoch, self.split.train_images, False, 0)
         try:
             tokens = next(iter(stream)).tokens
         finally:
@@ -163,7 +162,7 @@ class _Trainer(TokenSource):
         if batch == 0:
             return None
         n_batches = min(per_process // batch, max(1, self.tc.val_max_tokens // (batch * self.pc)))
-        stream = self._stream(batch, self.tc.seed, 0, images, True, 2)
+        stream = token_stream(self.cache, self.tc, batch, self.tc.seed, 0, images, True, 2)
         try:
             batches = (self._checked(b.tokens, "validation", step) for b in itertools.islice(stream, n_batches))
             val = evaluate(inference_config(self.config, state), state.params, batches, self.tc.dense_above)
@@ -193,7 +192,7 @@ class _Trainer(TokenSource):
         try:
             while step < self.total:
                 epoch, skip = divmod(step, self.spe)
-                stream = self._stream(self.local_batch, tc.seed, epoch, self.split.train_images, True, tc.prefetch)
+                stream = token_stream(self.cache, self.tc, self.local_batch, tc.seed, epoch, self.split.train_images, True, tc.prefetch)
                 try:
                     batches = iter(stream)
                     for _ in range(skip):  # a resumed run replays its epoch up to the checkpoint

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataSplit
-from mammosae_jax.training.loop import (TokenSource, TrainError, data_record, finite_batch_on_devices,
+from mammosae_jax.training.loop import (TrainError, data_record, finite_batch_on_devices, token_stream,
                                          inference_config, plan_data)
 from mammosae_jax.training.mesh import DataParallel
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
@@ -74,7 +74,7 @@ def _runtime() -> dict:
             "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count()}
 
 
-class _Sweep(TokenSource):
+class _Sweep:
     """State of one sweep run (the public entry point is `train_sweep`)."""
 
     def __init__(self, cache, members: Sequence[Member], tc: TrainConfig, dp: DataParallel,
@@ -92,7 +92,7 @@ class _Sweep(TokenSource):
         self.feature_bytes = 0
         self.train_batches = 0
 
-    # ---------------------------------------------------------------- data (streams: TokenSource)
+    # ---------------------------------------------------------------- data (streams: loop.token_stream)
 
     def _checked(self, tokens: np.ndarray, what: str, step: int) -> jax.Array:
         x = finite_batch_on_devices(self.dp, tokens, what, step)
@@ -110,7 +110,7 @@ class _Sweep(TokenSource):
         if not relu:
             return
         want = max(self.ldev, math.ceil(self.tc.resample_tokens / self.pc / self.ldev) * self.ldev)
-        stream = self._stream(want, self.tc.seed + 1, epoch, self.split.train_images, False, 0)
+        stream = token_stream(self.cache, self.tc, want, self.tc.seed + 1, epoch, self.split.train_images, False, 0)
         try:
             tokens = next(iter(stream)).tokens
         finally:
@@ -136,7 +136,7 @@ class _Sweep(TokenSource):
         if batch == 0:
             return []
         n_batches = min(per_process // batch, max(1, self.tc.val_max_tokens // (batch * self.pc)))
-        stream = self._stream(batch, self.tc.seed, 0, images, True, 2)
+        stream = token_stream(self.cache, self.tc, batch, self.tc.seed, 0, images, True, 2)
         try:
             return [self._checked(b.tokens, "validation", step) for b in itertools.islice(stream, n_batches)]
         finally:
@@ -168,7 +168,7 @@ class _Sweep(TokenSource):
                   desc=f"{len(self.members)} SAEs in {len(self.stacks)} stack(s)") as bar:
             while step < self.total:
                 epoch = step // self.spe
-                stream = self._stream(self.local_batch, tc.seed, epoch, self.split.train_images, True, tc.prefetch)
+                stream = token_stream(self.cache, self.tc, self.local_batch, tc.seed, epoch, self.split.train_images, True, tc.prefetch)
                 try:
                     batches = iter(stream)
                     while step < self.total and step < (epoch + 1) * self.spe:

@@ -27,7 +27,7 @@ BOX_COLUMNS = ("resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax")
 
 
 class VisualizeError(ValueError):
-    """Bad input to the visualize CLI (reported as one line)."""
+    """Bad input to a visualize run (the command reports it as one line)."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""What a variant provides, and the sparse gather helpers that the top-k variants share.
+"""What a variant provides, the base the top-k variants share (`TopKFamily`: AuxK, no penalty) and
+their sparse gather helpers.
 
 A variant owns one decision: which latents are active. It supplies the inference activation,
 the training-time reconstruction (free to be sparse), its sparsity penalty and an auxiliary
-loss. Everything else (loss assembly, metrics, the optimiser) is shared in `sae.py`.
+loss. Everything else (loss assembly, metrics) is `models/sae.py`; the equations it shares are
+`models/core.py`. Variants never import `sae.py`: they read the config through `core.Settings`.
 """
 from __future__ import annotations
 
