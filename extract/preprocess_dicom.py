@@ -28,7 +28,7 @@ import json
 import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -48,6 +48,8 @@ from extract.dicom_annotations import (
     with_resized_boxes,
 )
 from extract.dicom_geometry import CropConfig, convert_pixels
+from extract.dicom_records import (CROP_TABLE_COLUMNS, DICOM_SUFFIXES, UsageError, empty_crop_table, find_dicom,
+                                    load_crop_table, run_report)
 from extract.dicom_io import DicomReadError, read_dicom_pixels
 from cache.atomic import atomic_path, write_text_atomic
 
@@ -55,21 +57,8 @@ CSV_NAME = "vindr_detection_v1_folds.csv"
 CROP_TABLE_NAME = "crop_boxes.csv"
 REPORT_NAME = "preprocess_report.json"
 IMAGES_DIR_NAME = "images_png"
-DICOM_SUFFIXES = (".dicom", ".dcm")
-
-CROP_TABLE_COLUMNS: tuple[str, ...] = (
-    "study_id", "image_id", "border", "margin", "voi_lut",
-    "crop_x0", "crop_y0", "crop_x1", "crop_y1", "orig_height", "orig_width",
-    "out_height", "out_width", "scale_x", "scale_y", "breast_found", "threshold", "transfer_syntax",
-)
-"""``crop_boxes.csv``: crop in original DICOM pixels (half-open, border included)."""
-
 SETTING_COLUMNS = ("border", "margin", "voi_lut", "out_height", "out_width")
 """Crop-table columns that must match the current settings for a PNG to be reused."""
-
-
-class UsageError(Exception):
-    """Bad command-line input or an output folder made with other settings."""
 
 
 @dataclass(frozen=True)
@@ -179,35 +168,6 @@ def convert_one(job: ImageJob, crop: CropConfig, voi_lut: bool) -> ImageResult:
 
 # ----------------------------------------------------------------------------------------------
 # The run
-
-
-def find_dicom(dicoms: Path, study_id: str, image_id: str) -> Path | None:
-    """``<dicoms>/<study_id>/<image_id>.dicom`` or ``.dcm``, whichever exists."""
-    for suffix in DICOM_SUFFIXES:
-        path = dicoms / study_id / f"{image_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
-
-
-def empty_crop_table() -> pd.DataFrame:
-    """A crop table without records, indexed by ``image_id``."""
-    return pd.DataFrame(columns=list(CROP_TABLE_COLUMNS)).set_index("image_id", drop=False)
-
-
-def load_crop_table(path: Path) -> pd.DataFrame:
-    """The saved crop records (empty if none), indexed by ``image_id``."""
-    if not path.is_file():
-        return empty_crop_table()
-    try:
-        table = pd.read_csv(path, dtype={"study_id": str, "image_id": str, "transfer_syntax": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is unreadable ({err}); remove it or pass --overwrite") from None
-    missing = [c for c in CROP_TABLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise UsageError(f"{path} lacks column(s) {', '.join(missing)}; remove it or pass --overwrite")
-    table = table[list(CROP_TABLE_COLUMNS)].drop_duplicates("image_id", keep="last")
-    return table.set_index("image_id", drop=False)
 
 
 def _check_settings(table: pd.DataFrame, config: PreprocessConfig) -> None:
@@ -330,7 +290,7 @@ def run(config: PreprocessConfig, *, progress: bool = True) -> RunSummary:
     crops = pd.DataFrame(list(records.values()), columns=list(CROP_TABLE_COLUMNS)).set_index("image_id")
     written = with_resized_boxes(table, crops[list(CROP_COLUMNS)])
     write_csv(written, config.out / CSV_NAME)
-    report = _report(config, table, crops, written, converted, skipped, failed, plan.missing)
+    report = run_report(config, table, crops, written, converted, skipped, failed, plan.missing)
     write_text(json.dumps(report, indent=2, default=str) + "\n", config.out / REPORT_NAME)
     return RunSummary(
         n_images=report["n_images"],
@@ -342,57 +302,6 @@ def run(config: PreprocessConfig, *, progress: bool = True) -> RunSummary:
         rows_dropped=len(table) - len(written),
         no_breast_found=len(report["no_breast_found"]),
     )
-
-
-def _report(
-    config: PreprocessConfig,
-    table: pd.DataFrame,
-    crops: pd.DataFrame,
-    written: pd.DataFrame,
-    converted: int,
-    skipped: int,
-    failed: list[dict],
-    missing: list[dict],
-) -> dict:
-    sizes = table.drop_duplicates("image_id").assign(bare=lambda d: d["image_id"].str.removesuffix(".png"))
-    sizes = sizes[sizes["bare"].isin(crops.index)]
-    dicom_hw = crops.loc[sizes["bare"], ["orig_height", "orig_width"]].to_numpy(dtype=np.int64)
-    csv_hw = sizes[["height", "width"]].to_numpy(dtype=np.int64)
-    mismatch = [
-        {"image_id": img, "csv_height_width": [int(a[0]), int(a[1])], "dicom_height_width": [int(b[0]), int(b[1])]}
-        for img, a, b in zip(sizes["bare"], csv_hw, dicom_hw)
-        if (a != b).any()
-    ]
-    boxed = written[["xmax", "ymax"]].notna().all(axis=1) & (written["xmax"] > written["xmin"]) & (
-        written["ymax"] > written["ymin"]
-    )
-    vanished = boxed & (
-        (written["resized_xmax"] <= written["resized_xmin"]) | (written["resized_ymax"] <= written["resized_ymin"])
-    )
-    found = crops["breast_found"].astype(str).str.lower() == "true"
-    return {
-        "settings": {
-            "dicoms": str(config.dicoms),
-            "annotations": str(config.annotations),
-            "breast_level": str(config.breast_level),
-            "crop": asdict(config.crop),
-            "voi_lut": config.voi_lut,
-            "n_folds": config.n_folds,
-            "resize": "exact area average (OpenCV INTER_AREA when shrinking)",
-        },
-        "n_images": len(crops) + len(failed) + len(missing),
-        "converted": converted,
-        "skipped_existing": skipped,
-        "n_failed": len(failed),
-        "n_missing": len(missing),
-        "rows_written": len(written),
-        "rows_dropped": len(table) - len(written),
-        "failed": failed,
-        "missing": missing,
-        "no_breast_found": sorted(crops.index[~found.to_numpy()].tolist()),
-        "size_mismatch": mismatch,
-        "boxes_outside_crop": written.loc[vanished, "image_id"].tolist(),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
