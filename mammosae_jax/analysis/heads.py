@@ -14,11 +14,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
-
-from cache.atomic import atomic_path
-from cache.head import Head
+from cache.head import Head, write_head
+from cache.safetensors_np import SafetensorsFormatError, read_tensors
 
 __all__ = ["Head", "HeadError", "check_head_dim", "head_from_cache", "head_logits", "load_head", "make_head", "save_head"]
 
@@ -58,13 +55,8 @@ def check_head_dim(head: Head, dim: int, what: str = "features") -> None:
 
 
 def save_head(path: str | os.PathLike, head: Head) -> None:
-    """Write ``head`` atomically (temp file + rename) as safetensors."""
-    with atomic_path(path) as tmp:
-        save_file(
-            {"weight": np.ascontiguousarray(head.weight, np.float32), "bias": np.ascontiguousarray(head.bias, np.float32)},
-            str(tmp),
-            metadata={"label": head.label, "class_names": json.dumps(list(head.class_names))},
-        )
+    """Write ``head`` atomically as safetensors (the cache's head file format, `cache.head`)."""
+    write_head(Path(path), head)
 
 
 def load_head(path: str | os.PathLike) -> Head:
@@ -73,10 +65,8 @@ def load_head(path: str | os.PathLike) -> Head:
     if not path.is_file():
         raise HeadError(f"head file not found: {path}")
     try:
-        tensors = load_file(path)
-        with safe_open(path, framework="numpy") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as e:
+        tensors, meta = read_tensors(path)
+    except (SafetensorsFormatError, OSError) as e:
         raise HeadError(f"cannot read head file {path}: {e}") from e
     missing = [k for k in ("weight", "bias") if k not in tensors] + [k for k in ("label", "class_names") if k not in meta]
     if missing:
