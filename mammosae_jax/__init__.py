@@ -2,6 +2,10 @@
 
 `SAE`, `load_sae` and `save_sae` are imported lazily from `mammosae_jax.models.sae_io`, so that
 `import mammosae_jax` stays cheap (no jax until they are used, never torch).
+
+Layout by job (docs/ARCHITECTURE.md): `models/` (the SAE), `formats/` (weight files), `training/`,
+`analysis/` (concepts), `viz/` (figures), `demo/`, `cli/` (the commands; `python -m mammosae_jax`
+lists them).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ DENSITY_CLASSES = ("A", "B", "C", "D")
 
 
 class ConceptError(ValueError):
-    """Bad input to a concept CLI (unknown label, missing split, mismatched files)."""
+    """Bad input to a concept analysis (unknown label, missing split, mismatched files)."""
 
 
 class Units(NamedTuple):

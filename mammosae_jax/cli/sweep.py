@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mammosae_jax.cli.options import add_config_options, add_field, config_from_args
+from mammosae_jax.cli.options import add_config_options, add_train_options, config_from_args
 
 EPILOG = """examples:
   python -m mammosae_jax.sweep --cache feats/ --out sweeps/l1 --variant relu --l1 1e-5,3e-5,1e-4 --expansion 8 --epochs 20
@@ -45,13 +45,11 @@ def _number_list(kind: type, what: str):
 
 SAE_GRID_SKIP = ("d_in", "n_latents", "variant", "k", "l1_coeff", "threshold")  # grid axes, or from the cache
 TRAIN_GRID_SKIP = ("lr", "checkpoint_every", "keep_checkpoints")  # lr is a grid axis; sweeps keep no checkpoints
-STEPS_OR_EPOCHS = ("epochs", "steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mammosae_jax.models.sae import INITS, SAEConfig
     from mammosae_jax.models.variants import VARIANTS
-    from mammosae_jax.training.config import TrainConfig
 
     p = argparse.ArgumentParser(prog="python -m mammosae_jax.sweep", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,11 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rates, constant (default 5e-4); same stack")
     g = p.add_argument_group("model (SAEConfig, shared by every member)")
     add_config_options(g, SAEConfig, skip=SAE_GRID_SKIP, choices={"init": INITS})
-    g = p.add_argument_group("training (TrainConfig, shared)")
-    n = g.add_mutually_exclusive_group(required=True)
-    for name in STEPS_OR_EPOCHS:
-        add_field(n, TrainConfig, name)
-    add_config_options(g, TrainConfig, skip=(*STEPS_OR_EPOCHS, *TRAIN_GRID_SKIP))
+    g = add_train_options(p, "training (TrainConfig, shared)", skip=TRAIN_GRID_SKIP)
     g.add_argument("--train-split", default="training", help="cache split to train on (default training)")
     g = p.add_argument_group("concept report")
     g.add_argument("--head", default=None,

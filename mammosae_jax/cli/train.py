@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from mammosae_jax.cli.options import add_config_options, add_field, config_from_args, sae_config_from_args
+from mammosae_jax.cli.options import add_config_options, add_train_options, config_from_args, sae_config_from_args
 
 EPILOG = """examples:
   python -m mammosae_jax.train --cache feats/ --out runs/relu --epochs 200 --token-fraction 0.25
@@ -22,13 +22,11 @@ EPILOG = """examples:
 
 SAE_FLAGS = {"l1_coeff": "--l1"}
 SAE_SKIP = ("d_in", "n_latents", "threshold")  # from the cache / --expansion; threshold is learned
-STEPS_OR_EPOCHS = ("epochs", "steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mammosae_jax.models.sae import INITS, SAEConfig
     from mammosae_jax.models.variants import VARIANTS
-    from mammosae_jax.training.config import TrainConfig
 
     p = argparse.ArgumentParser(prog="python -m mammosae_jax.train", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,11 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--expansion", type=int, default=8, help="n_latents = expansion x feature dim (default 8)")
     g.add_argument("--d-in", type=int, default=None, help="expected feature dim; checked against the cache")
     add_config_options(g, SAEConfig, skip=SAE_SKIP, flags=SAE_FLAGS, choices={"variant": VARIANTS, "init": INITS})
-    g = p.add_argument_group("training (TrainConfig)")
-    n = g.add_mutually_exclusive_group(required=True)
-    for name in STEPS_OR_EPOCHS:
-        add_field(n, TrainConfig, name)
-    add_config_options(g, TrainConfig, skip=STEPS_OR_EPOCHS)
+    add_train_options(p, "training (TrainConfig)")
     g = p.add_argument_group("run")
     g.add_argument("--train-split", default="training", help="cache split to train on (default training)")
     g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")

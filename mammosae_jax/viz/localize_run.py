@@ -32,7 +32,7 @@ class VisualizeError(ValueError):
 
 @dataclass(frozen=True)
 class VisualizeConfig:
-    """Settings of one visualize run (the CLI flags)."""
+    """Settings of one visualize run (each is a flag of the visualize command)."""
 
     cache: str
     """Feature cache folder."""
@@ -359,6 +359,3 @@ def _write_galleries(folder: Path, cache: Any, cfg: VisualizeConfig, latents: li
             tag = f"\n{cfg.label.replace('_', ' ')} = {meta[cfg.label]}" if cfg.label in meta else ""
             captions.append(f"{figs.short_name(meta['image_id'])} · {meta['split']}{tag}")
         figs.plot_gallery(folder / f"latent={j}.png", crops, cells, values, captions, latent=j, n_scanned=len(cache))
-
-
-# ---------------------------------------------------------------- CLI
