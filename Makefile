@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
+DEMO_ARGS ?=
 
 .PHONY: install demo test test-slow bench clean
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mammosae_jax.demo --out $(DEMO_OUT)
+	$(PY) -m mammosae_jax.demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

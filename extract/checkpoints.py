@@ -150,8 +150,14 @@ def _read_torch(path: Path, head_label: str | None) -> EncoderCheckpoint:
             raise CheckpointError(f"{path}: classification head shapes {tuple(weight.shape)} / "
                                   f"{tuple(bias.shape)} are not [K, C] / [K]")
         k = weight.shape[0]
-        label = head_label or guess_head_label(path, k)
-        head = HeadWeights(weight, bias, label, CONCEPT_CLASS_NAMES.get(k, [str(i) for i in range(k)]))
+        names = obj.get("label_names")
+        if k > 1 and isinstance(names, list) and len(names) == k and "density" not in names:
+            # a multi-label head of binary concepts (python -m extract.finetune --concepts A,B)
+            head = HeadWeights(weight, bias, head_label or "+".join(map(str, names)), [str(n) for n in names])
+        else:
+            label = head_label or (names[0] if isinstance(names, list) and len(names) == 1 else None) \
+                or guess_head_label(path, k)
+            head = HeadWeights(weight, bias, label, CONCEPT_CLASS_NAMES.get(k, [str(i) for i in range(k)]))
     meta = {"layout": "classifier" if head is not None else "clip", "source_file": path.name}
     if isinstance(obj.get("epoch"), int):
         meta["epoch"] = obj["epoch"]

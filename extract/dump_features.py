@@ -263,7 +263,7 @@ def extract(cfg: ExtractConfig) -> dict:
                             pin_memory=device.type == "cuda", persistent_workers=False,
                             prefetch_factor=4 if workers else None)
         bar = tqdm(total=len(block), initial=len(block) - len(todo), unit="img", desc=f"extract r{d.rank}",
-                   disable=None, dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5.0, file=sys.stderr)
         started, n_done = time.perf_counter(), 0
         for indices, x_BCHW, error in loader:
             if error:

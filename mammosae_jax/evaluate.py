@@ -2,6 +2,6 @@
 import sys
 
 if __name__ == "__main__":
-    from mammosae_jax.analysis.evaluation import main
+    from mammosae_jax.cli.evaluate import main
 
     sys.exit(main())

@@ -8,6 +8,7 @@ over 400 lines.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,17 @@ def test_no_module_is_over_400_lines():
     long = {str(p.relative_to(REPO)): n for p in _modules().values() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     allowed = {"extract/phantom_render.py", "cache/reader.py"}  # 414 and 401 lines: about 400
     assert set(long) <= allowed, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_every_documented_python_m_command_runs(monkeypatch, capsys):
+    """`python -m mammosae_jax.<command> --help` works for every command (the shims forward correctly)."""
+    import runpy
+
+    from mammosae_jax.cli import COMMANDS
+
+    for command in COMMANDS:
+        monkeypatch.setattr(sys, "argv", [f"mammosae_jax.{command}", "--help"])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module(f"mammosae_jax.{command}", run_name="__main__", alter_sys=False)
+        assert exit_.value.code in (0, None), command
+        assert "usage:" in capsys.readouterr().out, command

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mammosae_jax.cli.options import add_config_options, config_from_args
+from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.demo.plan import CHOICES, DemoConfig, run_demo
 
 

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mammosae_jax.cli.options import add_config_options, add_train_options, config_from_args
+from cache.config_options import add_config_options, config_from_args
+from mammosae_jax.cli.options import add_train_options
 
 EPILOG = """examples:
   python -m mammosae_jax.sweep --cache feats/ --out sweeps/l1 --variant relu --l1 1e-5,3e-5,1e-4 --expansion 8 --epochs 20

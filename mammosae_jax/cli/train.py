@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from mammosae_jax.cli.options import add_config_options, add_train_options, config_from_args, sae_config_from_args
+from cache.config_options import add_config_options, config_from_args
+from mammosae_jax.cli.options import add_train_options, sae_config_from_args
 
 EPILOG = """examples:
   python -m mammosae_jax.train --cache feats/ --out runs/relu --epochs 200 --token-fraction 0.25

@@ -5,9 +5,11 @@ the marker is written after the command succeeded, so an interrupted stage is si
 A `python -m module ...` stage may run in this process (`in_process=True`): the module's
 ``main(argv)`` is called with the same arguments and its output goes to the same log, which
 saves the interpreter and library start-up (~10 s per JAX stage on a 2-core machine).
+Every stage's output goes to `logs/<stage>.log` and, live, to the terminal (`demo.live_log`).
 """
 from __future__ import annotations
 
+import codecs
 import importlib
 import json
 import os
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cache.atomic import write_json_atomic
+from mammosae_jax.demo.live_log import LiveLog
 
 
 class StageFailed(RuntimeError):
@@ -75,12 +78,13 @@ def run_stage(stage: Stage, log_dir: Path, force: bool = False) -> StageResult:
     log_path = log_dir / f"{stage.name}.log"
     print(f"[{stage.name}] {shlex.join(stage.argv)}", flush=True)
     started = time.perf_counter()
-    with log_path.open("w") as log:
+    with log_path.open("w") as log_file:
+        log = LiveLog(log_file, stage.name)
         if stage.in_process:
             returncode = _call_main(stage.argv[2], list(stage.argv[3:]), log)
         else:
-            returncode = subprocess.run(stage.argv, stdout=log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **stage.env}).returncode
+            returncode = _run_streamed(stage, log)
+        log.close_line()
     seconds = time.perf_counter() - started
     if returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
@@ -89,6 +93,18 @@ def run_stage(stage: Stage, log_dir: Path, force: bool = False) -> StageResult:
     write_json_atomic(stage.marker, {"argv": list(stage.argv), "seconds": seconds})
     print(f"[{stage.name}] finished in {seconds:.1f} s", flush=True)
     return StageResult(stage.name, seconds, skipped=False)
+
+
+def _run_streamed(stage: Stage, log: LiveLog) -> int:
+    """Run the stage's command, its stdout and stderr streamed into `log` as they come."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **stage.env}
+    with subprocess.Popen(stage.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
+        assert proc.stdout is not None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := proc.stdout.read1(65536):
+            log.write(decoder.decode(chunk))
+        log.write(decoder.decode(b"", final=True))
+    return proc.returncode
 
 
 def _call_main(module_name: str, args: list[str], log) -> int:
