@@ -214,3 +214,18 @@ def test_rerun_with_other_settings_is_refused(data, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("already complete: best epoch 1")
     msg = run_error(capsys, cli(data, out, "--epochs", "1", "--limit", "20", "--lr", "5e-4"))
     assert msg == f"error: {out} was trained with other settings (differs in: lr); pass --overwrite or a new --out"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_run_folder(data, tmp_path):
+    """Data-parallel: 2 gloo processes share each batch and write one Mammo-CLIP checkpoint."""
+    repo = Path(__file__).resolve().parents[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [str(torchrun), "--nproc-per-node", "2", "-m", "extract.finetune",
+            *cli(data, tmp_path / "ddp", "--epochs", "2")]
+    done = subprocess.run(args, cwd=repo, capture_output=True, text=True, env=ONE_THREAD_ENV, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(s) for s in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and lines[-1]["step"] == 2 * math.ceil(16 / 4)
+    pth = torch.load(tmp_path / "ddp" / "model-best.pth", weights_only=True)
+    assert pth["model"]["classifier.classification_head.weight"].shape == (2, 1408)
