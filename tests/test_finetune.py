@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers.encoder_data import ONE_THREAD_ENV, one_torch_thread  # noqa: F401
+from helpers.encoder_data import ONE_THREAD_ENV, encoder_state, one_torch_thread, write_classifier_pth  # noqa: F401
 
 from cache import open_cache
 from extract.checkpoints import read_checkpoint, safe_torch_load
@@ -190,6 +190,24 @@ def run_error(capsys, argv: list[str]) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
+
+
+def test_fine_tuning_starts_from_a_users_downstream_pth(data, tmp_path):
+    """`--checkpoint` a Mammo-CLIP classifier `.pth`: its encoder is the start, the head starts fresh."""
+    state = encoder_state("b2", seed=2)
+    start = tmp_path / "b2_Mass_linear_probe.pth"
+    write_classifier_pth(start, state, torch.zeros(1, 1408), torch.zeros(1))
+    out = tmp_path / "ft"
+    args = [a for a in cli(data, out, "--epochs", "1", "--mode", "linear-probe") if a not in ("--random-weights",)]
+    args = args[:args.index("--arch")] + args[args.index("--arch") + 2:] + ["--checkpoint", str(start)]
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["trained_from"] == {"weights": "Mammo-CLIP (classifier)", "checkpoint": start.name}
+    trained = state_tensors(out / "model-best.pth")
+    for k, v in state.items():  # a linear probe keeps every encoder parameter of the start
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            torch.testing.assert_close(trained[f"image_encoder.{k}"], v, rtol=0, atol=0)
+    assert trained["classifier.classification_head.weight"].abs().sum() > 0
 
 
 def test_bad_input_is_one_error_line(data, tmp_path, capsys):
