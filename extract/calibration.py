@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from efficientnet_pytorch import EfficientNet
 
@@ -35,6 +36,12 @@ class CalibrationReport(NamedTuple):
 
     n_batches: int
     n_images: int
+
+
+def calibration_indices(n_images: int, n_calib: int) -> list[int]:
+    """Evenly spread images for BatchNorm calibration (the same on every rank)."""
+    k = max(1, min(n_calib, n_images))
+    return sorted(set(np.linspace(0, n_images - 1, k).round().astype(int).tolist()))
 
 
 @torch.no_grad()

@@ -211,6 +211,15 @@ def infer_arch(ckpt: EncoderCheckpoint, source: str) -> str:
     return arch.key
 
 
+def checkpoint_arch(ckpt: EncoderCheckpoint, source: str, requested: str | None) -> str:
+    """The checkpoint's architecture; CheckpointError when `requested` (--arch) names another one."""
+    arch = infer_arch(ckpt, source)
+    if requested is not None and requested != arch:
+        raise CheckpointError(f"{source} holds an EfficientNet-{arch.upper()} encoder but --arch {requested} "
+                              f"was given; drop --arch or pass --arch {arch}")
+    return arch
+
+
 def check_encoder_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Raise unless `state` fits `model` exactly, except for `_fc.*` and BN batch counters."""
     expected = model.state_dict()

@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cache import CacheError, CacheWriter, merge_ranks, rank_block
-from extract.calibration import RANDOM_WEIGHTS_LABEL, random_calibrated_encoder
-from extract.checkpoints import CheckpointError, EncoderCheckpoint, infer_arch, load_encoder_state, read_checkpoint
+from extract.calibration import RANDOM_WEIGHTS_LABEL, calibration_indices, random_calibrated_encoder
+from extract.checkpoints import (CheckpointError, EncoderCheckpoint, checkpoint_arch, load_encoder_state,
+                                 read_checkpoint)
 from extract.encoder import build_encoder, feature_grid, get_arch, local_features
 from extract.preprocess import MEAN, STD, AugmentConfig, ImageError, load_model_input
 from cache.vindr import LABEL_COLUMNS, images_from_rows, load_annotations, png_path
@@ -173,21 +174,12 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def calibration_indices(n_images: int, n_calib: int) -> list[int]:
-    """Evenly spread images for BatchNorm calibration (the same on every rank)."""
-    k = max(1, min(n_calib, n_images))
-    return sorted(set(np.linspace(0, n_images - 1, k).round().astype(int).tolist()))
-
-
 def prepare_model(cfg: ExtractConfig, table: ImageTable, device: torch.device):
     """Build the encoder, load or randomise + calibrate its weights; returns (model, ckpt, encoder info)."""
     ckpt: EncoderCheckpoint | None = None
     if cfg.checkpoint is not None:
         ckpt = read_checkpoint(cfg.checkpoint)
-        arch = infer_arch(ckpt, str(cfg.checkpoint))
-        if cfg.arch is not None and cfg.arch != arch:
-            raise ExtractError(f"{cfg.checkpoint} holds an EfficientNet-{arch.upper()} encoder but --arch {cfg.arch} "
-                               f"was given; drop --arch or pass --arch {arch}")
+        arch = checkpoint_arch(ckpt, str(cfg.checkpoint), cfg.arch)
     else:
         arch = cfg.arch or "b5"
     model = build_encoder(arch)

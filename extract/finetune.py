@@ -36,8 +36,9 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from cache.atomic import atomic_path, write_json_atomic, write_text_atomic
-from extract.calibration import RANDOM_WEIGHTS_LABEL, random_calibrated_encoder
-from extract.checkpoints import (CheckpointError, EncoderCheckpoint, HeadWeights, infer_arch, load_encoder_state,
+from extract.calibration import RANDOM_WEIGHTS_LABEL, calibration_indices, random_calibrated_encoder
+from extract.checkpoints import (CheckpointError, EncoderCheckpoint, HeadWeights, checkpoint_arch,
+                                 load_encoder_state,
                                  read_checkpoint, safe_torch_load, write_safetensors)
 from extract.encoder import build_encoder, get_arch
 from extract.finetune_data import DataError, TrainingData, load_inputs, load_training_data
@@ -111,18 +112,14 @@ def encoder_for(cfg: FinetuneConfig, data: TrainingData) -> tuple[torch.nn.Modul
     """The starting encoder (loaded or random + calibrated), its arch and its provenance."""
     if cfg.checkpoint is not None:
         ckpt = read_checkpoint(cfg.checkpoint)
-        arch = infer_arch(ckpt, cfg.checkpoint)
-        if cfg.arch is not None and cfg.arch != arch:
-            raise FinetuneError(f"{cfg.checkpoint} holds an EfficientNet-{arch.upper()} encoder but --arch "
-                                f"{cfg.arch} was given; drop --arch or pass --arch {arch}")
+        arch = checkpoint_arch(ckpt, cfg.checkpoint, cfg.arch)
         model = build_encoder(arch)
         load_encoder_state(model, ckpt.encoder, cfg.checkpoint)
         return model, arch, {"weights": f"Mammo-CLIP ({ckpt.layout})", "checkpoint": Path(cfg.checkpoint).name}
     arch = cfg.arch or "b5"
     model = build_encoder(arch)
     train = data.train_indices
-    calib = sorted(set(np.linspace(0, len(train) - 1, max(1, min(cfg.calib_images, len(train))))
-                       .round().astype(int).tolist()))
+    calib = calibration_indices(len(train), cfg.calib_images)
     x = torch.stack([torch.from_numpy(load_model_input(data.paths[train[i]], data.hw)) for i in calib])
     random_calibrated_encoder(model, cfg.seed, x, cfg.residual_gain)
     return model, arch, {"weights": RANDOM_WEIGHTS_LABEL, "seed": cfg.seed, "residual_gain": cfg.residual_gain,

@@ -191,6 +191,32 @@ def test_gates_pass_and_fail_on_the_numbers_in_the_output_files(tmp_path: Path) 
     assert hit_gate.value == pytest.approx(0.7) and "latent 7" in hit_gate.note
 
 
+def test_comparison_table_and_figures_read_both_pipelines(tmp_path: Path) -> None:
+    from mammosae_jax.demo.compare import comparison_table, plot_curves
+
+    ft, lp = tmp_path / "ft", tmp_path / "lp"
+    for out, sae, on1, hit in ((ft, 0.90, 0.88, 0.5), (lp, 0.70, 0.66, 0.1)):
+        _fake_outputs(out, raw=sae + 0.01, sae=sae, on10=0.8, off50=sae - 0.05, fvu=0.2, l0=40, hit=hit)
+        for label in ("Suspicious_Calcification", "Mass"):
+            (out / "interventions" / f"topk_on_{label}.json").write_text(
+                json.dumps([{"k": 1, "aucroc": on1}, {"k": 10, "aucroc": 0.8}]))
+        (out / "heatmaps" / "Mass").mkdir()
+        (out / "heatmaps" / "Mass" / "latent_scores.csv").write_text("rank,latent,rule,hit_rate\n0,3,threshold,0.25\n")
+    header, rows = comparison_table(ft, lp)
+    assert header == ["concept", "measure", "linear probe", "fine-tuned", "fine-tuned − LP"]
+    by = {(r[0], r[1]): r[2:] for r in rows}
+    assert len(rows) == 10
+    assert by[("Suspicious_Calcification", "head AUROC, raw features")] == pytest.approx([0.71, 0.91, 0.2])
+    assert by[("Mass", "AUROC, only the top-1 class latents kept")] == pytest.approx([0.66, 0.88, 0.22])
+    assert by[("Mass", "AUROC drop, top-50 class latents removed")] == pytest.approx([0.05, 0.05, 0.0])
+    assert by[("Suspicious_Calcification", "best class-1 latent hit rate (of those drawn)")] == pytest.approx(
+        [0.1, 0.5, 0.4])
+    figures = plot_curves(ft, lp, tmp_path)
+    assert [f.name for f in figures] == ["topk_linear_probe_vs_fine_tuned_Suspicious_Calcification.png",
+                                         "topk_linear_probe_vs_fine_tuned_Mass.png"]
+    assert all(f.stat().st_size > 0 for f in figures)
+
+
 def test_missing_outputs_fail_the_gates_with_a_reason(tmp_path: Path) -> None:
     gates = evaluate_gates(tmp_path, DemoConfig())
     assert gates and not any(g.passed for g in gates)

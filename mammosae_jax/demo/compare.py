@@ -6,35 +6,23 @@ removed, the best class-1 latent's hit rate, and both intervention curves on one
 """
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
-from mammosae_jax.demo.gates import GATE_CONCEPTS, METRIC_UNIT
+from mammosae_jax.demo.gates import (GATE_CONCEPTS, best_hit_latent, head_aurocs, intervention_reference,
+                                    sweep_aurocs)
 
 LP_DIR = "linear_probe"
 """Subfolder of the linear-probe pipeline that `--compare linear-probe` runs beside the fine-tuned one."""
 COMPARE_FIGURE = "comparison/topk_linear_probe_vs_fine_tuned_{label}.png"
 
 
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def _curve(out: Path, mode: str, label: str) -> dict[int, float]:
-    return {int(r["k"]): float(r["aucroc"]) for r in _json(out / "interventions" / f"topk_{mode}_{label}.json")}
-
-
 def pipeline_numbers(out: Path, label: str) -> dict[str, float]:
     """The comparison's numbers for one pipeline and concept (KeyError/OSError when outputs are missing)."""
-    metrics = _json(out / "evaluation" / f"evaluation_{label}.json")["metrics"][METRIC_UNIT]
-    reference = _json(out / "interventions" / f"intervene_summary_{label}.json")["reference"]["sae"]["aucroc"]
-    on, off = _curve(out, "on", label), _curve(out, "off", label)
-    with (out / "heatmaps" / label / "latent_scores.csv").open() as f:
-        hits = [float(r["hit_rate"]) for r in csv.DictReader(f) if r["rule"] == "threshold"]
-    return {"raw": metrics["raw"]["aucroc"], "sae": metrics["sae"]["aucroc"], "top1_on": on[1],
-            "top50_off_drop": reference - off[50], "best_hit_rate": max(hits)}
+    aurocs, reference = head_aurocs(out, label), intervention_reference(out, label)
+    return {"raw": aurocs["raw"], "sae": aurocs["sae"], "top1_on": sweep_aurocs(out, "on", label)[1],
+            "top50_off_drop": reference - sweep_aurocs(out, "off", label)[50],
+            "best_hit_rate": float(best_hit_latent(out, label)["hit_rate"])}
 
 
 ROWS = (("raw", "head AUROC, raw features"), ("sae", "head AUROC, SAE reconstruction"),
@@ -65,7 +53,7 @@ def plot_curves(fine_tuned: Path, linear_probe: Path, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for folder, name, colour in ((linear_probe, "linear probe", "tab:grey"), (fine_tuned, "fine-tuned", "tab:red")):
             for mode, style in (("on", "-"), ("off", "--")):
-                curve = _curve(folder, mode, label)
+                curve = sweep_aurocs(folder, mode, label)
                 ks = sorted(k for k in curve if k > 0)
                 ax.plot(ks, [curve[k] for k in ks], style, color=colour, marker="o", ms=3,
                         label=f"{name}, top-k {'activated' if mode == 'on' else 'deactivated'}")

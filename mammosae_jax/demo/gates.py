@@ -46,26 +46,33 @@ def _gate(name: str, bound: str, compute: Callable[[], tuple[float, bool] | tupl
     return GateResult(name, float(value), bound, bool(passed), note[0] if note else "")
 
 
-def _aurocs(out: Path, label: str) -> dict[str, float]:
+def head_aurocs(out: Path, label: str) -> dict[str, float]:
+    """Test AUROC of the head on raw features and on the SAE reconstruction (image units)."""
     metrics = _load_json(out / "evaluation" / f"evaluation_{label}.json")["metrics"][METRIC_UNIT]
     return {cond: metrics[cond]["aucroc"] for cond in ("raw", "sae")}
 
 
-def _sweep(out: Path, mode: str, label: str) -> dict[int, float]:
+def sweep_aurocs(out: Path, mode: str, label: str) -> dict[int, float]:
+    """{k: AUROC} of the top-k activated (`on`) or deactivated (`off`) sweep."""
     records = _load_json(out / "interventions" / f"topk_{mode}_{label}.json")
     return {int(r["k"]): float(r["aucroc"]) for r in records}
 
 
-def _intervention_reference(out: Path, label: str) -> float:
+def intervention_reference(out: Path, label: str) -> float:
     """SAE-only AUROC in the intervention's own units (rows, reference parity)."""
     summary = _load_json(out / "interventions" / f"intervene_summary_{label}.json")
     return float(summary["reference"]["sae"]["aucroc"])
 
 
-def _best_hit_rate(out: Path, label: str) -> tuple[float, bool, str]:
+def best_hit_latent(out: Path, label: str) -> dict[str, str]:
+    """The `latent_scores.csv` row (threshold rule) of the latent with the highest hit rate."""
     with (out / "heatmaps" / label / "latent_scores.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["rule"] == "threshold"]
-    best = max(rows, key=lambda r: float(r["hit_rate"]))
+    return max(rows, key=lambda r: float(r["hit_rate"]))
+
+
+def _best_hit_rate(out: Path, label: str) -> tuple[float, bool, str]:
+    best = best_hit_latent(out, label)
     value = float(best["hit_rate"])
     return value, value >= 0.6, f"latent {best['latent']}, ranked {best['rank']} for class 1"
 
@@ -86,7 +93,7 @@ def evaluate_gates(out: Path, config: Any) -> list[GateResult]:
     gates: list[GateResult] = []
     for label in GATE_CONCEPTS:
         gates.append(_gate(f"{label}: raw-feature head test AUROC", ">= 0.85",
-                           lambda label=label: (a := _aurocs(out, label)["raw"], a >= 0.85)))
+                           lambda label=label: (a := head_aurocs(out, label)["raw"], a >= 0.85)))
     recon = _load_json(out / "evaluation" / f"evaluation_{GATE_CONCEPTS[0]}.json")["reconstruction"] \
         if (out / "evaluation" / f"evaluation_{GATE_CONCEPTS[0]}.json").exists() else None
 
@@ -106,17 +113,17 @@ def evaluate_gates(out: Path, config: Any) -> list[GateResult]:
     gates.append(_gate("SAE: mean L0 as a fraction of the latents", "<= 0.05", l0_fraction))
     for label in GATE_CONCEPTS:
         def keep(label: str = label) -> tuple[float, bool]:
-            a = _aurocs(out, label)
+            a = head_aurocs(out, label)
             gap = abs(a["raw"] - a["sae"])
             return gap, gap <= 0.03
         gates.append(_gate(f"{label}: |AUROC raw - AUROC SAE reconstruction|", "<= 0.03", keep))
     for label in GATE_CONCEPTS:
         def on10(label: str = label) -> tuple[float, bool]:
-            gap = abs(_intervention_reference(out, label) - _sweep(out, "on", label)[10])
+            gap = abs(intervention_reference(out, label) - sweep_aurocs(out, "on", label)[10])
             return gap, gap <= 0.05
 
         def off50(label: str = label) -> tuple[float, bool]:
-            drop = _intervention_reference(out, label) - _sweep(out, "off", label)[50]
+            drop = intervention_reference(out, label) - sweep_aurocs(out, "off", label)[50]
             return drop, drop >= 0.2
         gates.append(_gate(f"{label}: |AUROC SAE-only - AUROC top-10 activated|", "<= 0.05", on10))
         gates.append(_gate(f"{label}: AUROC drop with top-50 deactivated", ">= 0.2", off50))
