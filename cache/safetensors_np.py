@@ -10,7 +10,7 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 import numpy as np
 
@@ -48,10 +48,20 @@ def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> by
     return head + b"".join(a.tobytes() for a in arrays)
 
 
+def _chunks(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> list:
+    head, arrays = _layout(tensors, metadata)
+    return [head, *(memoryview(a.reshape(-1)).cast("B") for a in arrays)]
+
+
 def write_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
     """Write a safetensors file atomically, streaming each array (no copy of the whole file in memory)."""
-    head, arrays = _layout(tensors, metadata)
-    write_chunks_atomic(Path(path), [head, *(memoryview(a).cast("B") for a in arrays)])
+    write_chunks_atomic(Path(path), _chunks(tensors, metadata))
+
+
+def write_stream(f: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """Write the file's bytes (`encode`) to the open binary file ``f``, one array at a time."""
+    for chunk in _chunks(tensors, metadata):
+        f.write(chunk)
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:

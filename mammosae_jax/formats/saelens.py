@@ -29,7 +29,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from cache.safetensors_np import write_tensors
+from cache.safetensors_np import write_stream
 from mammosae_jax.formats.common import (FormatError, SAEWeights, atomic_path, validate_weights,
                                          warn_if_not_unit_norm)
 
@@ -101,8 +101,9 @@ def write_saelens(weights_path: str | os.PathLike, w: SAEWeights, sae_config: Ma
             tensors["threshold"] = np.full((w.n_latents,), sae_config["threshold"], np.float32)
     header = {"format": "pt", OUR_KEY: str(FORMAT_VERSION)}  # "pt": what HF/SAELens loaders expect
     cfg_file = cfg_path_for(weights_path)
-    write_tensors(weights_path, tensors, header)
-    with atomic_path(cfg_file) as tmp_c:
+    with atomic_path(weights_path) as tmp_w, atomic_path(cfg_file) as tmp_c:
+        with open(tmp_w, "wb") as f:
+            write_stream(f, tensors, header)
         tmp_c.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return cfg_file
 
@@ -169,7 +170,7 @@ def read_saelens(weights_path: str | os.PathLike) -> tuple[SAEWeights, dict[str,
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise FormatError(f"{source}: not a readable safetensors file (truncated, corrupt or bfloat16?): {e}") from None
+        raise FormatError(f"{source}: not a readable safetensors file (truncated or corrupt?): {e}") from None
     cfg_file = cfg_path_for(weights_path)
     cfg = _read_cfg(cfg_file, source)
 

@@ -85,8 +85,8 @@ class SAEConfig:
             raise ValueError(f"aux_k must be in [1, n_latents={self.n_latents}], got {self.aux_k}")
         if self.bandwidth <= 0 or self.init_threshold < 0:
             raise ValueError(f"bandwidth must be > 0 and init_threshold >= 0, got {self.bandwidth}, {self.init_threshold}")
-        if not 0 < self.prefixes <= self.n_latents:
-            raise ValueError(f"prefixes must be in [1, n_latents={self.n_latents}], got {self.prefixes}")
+        if self.prefixes < 1:
+            raise ValueError(f"prefixes must be >= 1, got {self.prefixes}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; known: {', '.join(INITS)}")
 
