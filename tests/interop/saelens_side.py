@@ -2,10 +2,13 @@
 
     python saelens_side.py JOB.json
 
-JOB = {"x": "x.npy", "load": {"name": "folder", ...}, "make": "folder", "out": "out_folder"}:
+JOB = {"x": "x.npy", "load": {"name": "folder", ...}, "make": "folder", "out": "out_folder",
+       "jumprelu_grads": {"params": "p.safetensors", "l0_coefficient": λ, "bandwidth": ε}}:
 every "load" folder is opened with `SAE.load_from_disk` and its `encode` / `decode` of x saved as
 out/name.npz (+ out/name.json: class, metadata); with "make", SAELens's own SAEs with random
-weights of each architecture are written there with `save_model`, with their outputs on x.
+weights of each architecture are written there with `save_model`, with their outputs on x; with
+"jumprelu_grads", `JumpReLUTrainingSAE`'s training loss on x and its gradients go to
+out/jumprelu_grads.npz.
 Imports only numpy, torch and sae_lens (not mammosae_jax).
 """
 from __future__ import annotations
@@ -57,6 +60,25 @@ MADE = {  # name: (class, config kwargs)
 }
 
 
+def _jumprelu_grads(spec: dict, x: np.ndarray, out: Path) -> None:
+    from safetensors.torch import load_file
+    from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    params = load_file(spec["params"])
+    d_in, d_sae = params["W_enc"].shape
+    sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, jumprelu_bandwidth=spec["bandwidth"],
+                                                        l0_coefficient=spec["l0_coefficient"]))
+    with torch.no_grad():
+        for name, value in params.items():
+            getattr(sae, name).copy_(value)
+    step = sae.training_forward_pass(TrainStepInput(sae_in=torch.from_numpy(x), coefficients={"l0": spec["l0_coefficient"]},
+                                                    dead_neuron_mask=None, n_training_steps=0, is_logging_step=False))
+    step.loss.backward()
+    np.savez(out / "jumprelu_grads.npz", loss=step.loss.detach().numpy(),
+             **{f"grad_{n}": getattr(sae, n).grad.numpy() for n in params})
+
+
 def main(job_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     x = np.load(job["x"]).astype(np.float32)
@@ -70,6 +92,8 @@ def main(job_file: str) -> None:
             _random(sae, seed, threshold=cls is JumpReLUSAE)
             sae.save_model(Path(job["make"]) / name)
             _outputs(sae, x, out, name)
+    if job.get("jumprelu_grads"):
+        _jumprelu_grads(job["jumprelu_grads"], x, out)
 
 
 if __name__ == "__main__":

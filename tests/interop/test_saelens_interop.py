@@ -32,11 +32,12 @@ def _interop_python() -> str:
     return py
 
 
-def _saelens(tmp_path: Path, x: np.ndarray, load: dict | None = None, make: Path | None = None) -> Path:
+def _saelens(tmp_path: Path, x: np.ndarray, load: dict | None = None, make: Path | None = None,
+             jumprelu_grads: dict | None = None) -> Path:
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "saelens_out"
     job = {"x": str(tmp_path / "x.npy"), "out": str(out), "load": {k: str(v) for k, v in (load or {}).items()},
-           "make": str(make) if make else None}
+           "make": str(make) if make else None, "jumprelu_grads": jumprelu_grads}
     (tmp_path / "job.json").write_text(json.dumps(job))
     r = subprocess.run([_interop_python(), str(SIDE), str(tmp_path / "job.json")], capture_output=True, text=True,
                        timeout=600)
@@ -110,3 +111,25 @@ def test_saelens_saved_models_open_in_ours_with_equal_outputs(tmp_path):
         if name.startswith("jumprelu"):
             assert sae.config.variant == "jumprelu" and len(np.unique(np.asarray(sae.params["threshold"]))) == N
 
+
+
+def test_jumprelu_training_loss_and_gradients_equal_saelens_jumprelu_training_sae(tmp_path):
+    """Ours averages the squared error over dims, SAELens sums it: with l0_coefficient = D·λ its
+    loss and every gradient are exactly D times ours."""
+    from safetensors.numpy import save_file
+
+    from mammosae_jax.models.sae import loss
+
+    lam, eps = 0.01, 0.3
+    config = SAEConfig(D, N, variant="jumprelu", l1_coeff=lam, bandwidth=eps)
+    p = _params("jumprelu", 7)
+    save_file(p, str(tmp_path / "p.safetensors"))
+    x = np.random.default_rng(2).normal(0.1, 1.0, (64, D)).astype(np.float32)
+    out = _saelens(tmp_path, x, jumprelu_grads={"params": str(tmp_path / "p.safetensors"),
+                                                  "l0_coefficient": lam * D, "bandwidth": eps})
+    ref = np.load(out / "jumprelu_grads.npz")
+    value, grads = jax.value_and_grad(lambda q: loss(config, q, x).loss)(p)
+    _close(D * value, ref["loss"], "loss")
+    assert np.abs(ref["grad_threshold"]).max() > 0  # the straight-through path is exercised
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        _close(D * np.asarray(grads[name]), ref[f"grad_{name}"], f"d loss / d {name}")
