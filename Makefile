@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow test-interop bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,21 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# The real SAELens in its own venv (it pins other transformers than ours): CPU torch first, or pip
+# pulls a multi-GB CUDA build. The tests run in our venv and call SAELens through that one.
+INTEROP_VENV := .venv-interop
+INTEROP_STAMP := $(INTEROP_VENV)/.installed-stamp
+SAE_LENS_VERSION ?= 6.54.12
+
+$(INTEROP_STAMP): Makefile
+	@test -x $(INTEROP_VENV)/bin/python || $(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(INTEROP_VENV)/bin/python -m pip install -q sae-lens==$(SAE_LENS_VERSION)
+	@touch $(INTEROP_STAMP)
+
+test-interop: $(STAMP) $(INTEROP_STAMP)
+	MAMMOSAE_INTEROP_PYTHON=$(INTEROP_VENV)/bin/python $(PY) -m pytest -m interop tests/interop
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -65,13 +65,23 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
     The fixed name lets a resuming writer recognise an interrupted write's leftover (the cache does).
     """
+    write_chunks_atomic(path, [data])
+
+
+def write_chunks_atomic(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> None:
+    """`write_bytes_atomic` of the concatenated ``chunks``, written one after the other.
+
+    The file gets the permissions of any new file (0666 less the umask), like ``atomic_path``'s.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        for chunk in chunks:
+            f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_current_umask())  # a leftover .tmp of another user's mode is not inherited
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

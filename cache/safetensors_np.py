@@ -10,11 +10,11 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 import numpy as np
 
-from .atomic import write_bytes_atomic
+from .atomic import write_chunks_atomic
 
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "I64": np.dtype("<i8")}
 _CODES = {v: k for k, v in DTYPES.items()}
@@ -24,26 +24,44 @@ class SafetensorsFormatError(ValueError):
     """Bytes that are not a safetensors file (or use a dtype this reader does not know)."""
 
 
-def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
-    """The file's bytes: header (metadata first, tensors in the given order, padded to 8) + data."""
-    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
-    blobs, offset = [], 0
-    for name, array in tensors.items():
-        a = np.ascontiguousarray(array)
+def _layout(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> tuple[bytes, list[np.ndarray]]:
+    """The padded header and the arrays in file order: tensors sorted by name, header keys sorted,
+    so the same tensors and metadata always give the same bytes."""
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}}
+    arrays, offset = [], 0
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
         if a.dtype not in _CODES:
             raise SafetensorsFormatError(f"tensor {name!r}: dtype {a.dtype} is not supported")
         header[name] = {"dtype": _CODES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        blobs.append(a.tobytes())
+        arrays.append(a)
         offset += a.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+    return struct.pack("<Q", len(text)) + text, arrays
+
+
+def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+    """The file's bytes: header (keys sorted, padded to 8) + data (tensors sorted by name)."""
+    head, arrays = _layout(tensors, metadata)
+    return head + b"".join(a.tobytes() for a in arrays)
+
+
+def _chunks(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> list:
+    head, arrays = _layout(tensors, metadata)
+    return [head, *(memoryview(a.reshape(-1)).cast("B") for a in arrays)]
 
 
 def write_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    """Write a safetensors file atomically."""
-    write_bytes_atomic(Path(path), encode(tensors, metadata))
+    """Write a safetensors file atomically, streaming each array (no copy of the whole file in memory)."""
+    write_chunks_atomic(Path(path), _chunks(tensors, metadata))
+
+
+def write_stream(f: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
+    """Write the file's bytes (`encode`) to the open binary file ``f``, one array at a time."""
+    for chunk in _chunks(tensors, metadata):
+        f.write(chunk)
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:

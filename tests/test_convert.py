@@ -132,7 +132,8 @@ def test_safetensors_export_has_saelens_names_shapes_and_cfg(tmp_path):
 
 
 @pytest.mark.parametrize("variant, threshold, arch", [
-    ("topk", None, "topk"), ("batchtopk", None, "batchtopk"), ("batchtopk", 0.25, "jumprelu")])
+    ("topk", None, "topk"), ("batchtopk", None, "topk"), ("batchtopk", 0.25, "jumprelu"),
+    ("matryoshka", None, "topk"), ("matryoshka", 0.25, "jumprelu")])
 def test_safetensors_round_trip_of_sparse_variants_keeps_config_and_behaviour(tmp_path, variant, threshold, arch):
     rng = np.random.default_rng(1)
     base = load_sae(_save_pt(tmp_path / "ref.pt", make_reference_state_dict(D, N, seed=6)))
@@ -354,7 +355,7 @@ def test_safetensors_errors(tmp_path):
     with pytest.raises(FormatError, match=rf"cfg\.json: d_sae={N + 1} but the tensors have d_sae={N}"):
         load_sae(w)
     cfg_file.write_text(json.dumps({**json.loads(good_cfg), "architecture": "gated"}))
-    with pytest.raises(FormatError, match="architecture 'gated' is not supported"):
+    with pytest.raises(FormatError, match=r"cfg\.json: SAELens architecture 'gated' cannot be represented here \(we read standard, topk, batchtopk, jumprelu\)$"):
         load_sae(w)
     cfg_file.unlink()
     with pytest.raises(FormatError, match=r"w\.safetensors: no cfg\.json beside it"):
@@ -410,7 +411,7 @@ def test_cli_prints_decoder_norm_warnings(tmp_path, capsys):
     assert convert_cli.main([str(tmp_path / "ref.pt"), str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert err.startswith(f"warning: {tmp_path / 'ref.pt'}: 40 of 40 decoder vectors are off unit norm")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["cfg.json", "sae.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
 
 
 # ---------------------------------------------------------------- Hub

@@ -80,8 +80,8 @@ def test_sae_rejects_params_that_do_not_match_the_config():
 def test_run_folder_round_trip_is_lossless(tmp_path):
     sae = _sae("batchtopk", seed=3, k=5, l1_coeff=2e-4, aux_k=6, aux_coeff=0.5, threshold=0.125, init="tied")
     written = save_sae(tmp_path / "run", sae)  # does not exist yet, no suffix: a folder
-    assert written == tmp_path / "run" / "sae.safetensors"
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["cfg.json", "sae.safetensors"]
+    assert written == tmp_path / "run" / "sae_weights.safetensors"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
     back = load_sae(tmp_path / "run")
     assert back.config == sae.config
     for k in sae.params:
@@ -93,7 +93,7 @@ def test_run_folder_round_trip_is_lossless(tmp_path):
 def test_run_folder_without_weights_is_an_error(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
-    with pytest.raises(FormatError, match=r"run: no sae\.safetensors in this folder \(a training run writes it when it finishes\)"):
+    with pytest.raises(FormatError, match=r"run: no sae_weights\.safetensors \(or sae\.safetensors\) in this folder \(a training run writes it when it finishes\)$"):
         load_sae(tmp_path / "run")
 
 
@@ -119,11 +119,11 @@ def test_a_failed_write_leaves_the_old_files_and_no_temp_files(tmp_path, monkeyp
     target.write_bytes(b"old weights")
     (tmp_path / "cfg.json").write_text("old cfg")
 
-    def half_write(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
+    def half_write(f, tensors, metadata):
+        f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(saelens, "save_file", half_write)
+    monkeypatch.setattr(saelens, "write_stream", half_write)
     with pytest.raises(OSError, match="disk full"):
         save_sae(target, sae)
     assert target.read_bytes() == b"old weights"
@@ -212,8 +212,14 @@ def test_cfg_json_of_a_newer_or_broken_config_is_a_clear_error(tmp_path):
         load_sae(tmp_path / "run")
 
 
-def test_negative_batchtopk_threshold_has_no_saelens_equivalent(tmp_path):
+def test_a_negative_batchtopk_threshold_exports_as_the_jumprelu_it_equals(tmp_path):
+    # inference is ReLU(pre) where pre > threshold, SAELens's JumpReLU, for any sign of the threshold
     sae = _sae("batchtopk", threshold=-0.1)
-    with pytest.raises(FormatError, match="batchtopk threshold -0.1 < 0 has no SAELens JumpReLU equivalent"):
-        save_sae(tmp_path / "run", sae)
-    assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []
+    save_sae(tmp_path / "run", sae)
+    cfg = json.loads((tmp_path / "run" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu"
+    x = np.random.default_rng(0).normal(size=(32, D)).astype(np.float32)
+    p64 = {k: np.asarray(v, np.float64) for k, v in sae.params.items()}
+    pre = (x - p64["b_dec"]) @ p64["W_enc"] + p64["b_enc"]
+    expected = np.where(pre > -0.1, np.maximum(pre, 0.0), 0.0)
+    np.testing.assert_allclose(np.asarray(load_sae(tmp_path / "run").encode(x)), expected, rtol=1e-5, atol=1e-6)

@@ -149,7 +149,7 @@ def test_auxk_zero_without_dead_and_touches_only_dead_latents():
 def test_config_validation_and_dict_round_trip():
     c = sae.SAEConfig(8, 32, variant="topk", k=4, threshold=0.5)
     assert sae.SAEConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ValueError, match="unknown SAE variant 'nope'; known: relu, topk, batchtopk"):
+    with pytest.raises(ValueError, match="unknown SAE variant 'nope'; known: relu, topk, batchtopk, jumprelu, matryoshka$"):
         sae.SAEConfig(8, 32, variant="nope")
     with pytest.raises(ValueError, match="k must be in"):
         sae.SAEConfig(8, 32, variant="topk", k=33)
@@ -158,9 +158,9 @@ def test_config_validation_and_dict_round_trip():
     assert sae.SAEConfig(8, 32).k is None and sae.SAEConfig(8, 32, variant="topk").k == 32
     with pytest.raises(ValueError, match="unknown SAEConfig field"):
         sae.SAEConfig.from_dict({"d_in": 8, "n_latents": 32, "dims": 3})
-    with pytest.raises(ValueError, match="unknown SAE variant"):
-        get_variant("jumprelu")
-    assert list(VARIANTS) == ["relu", "topk", "batchtopk"]
+    with pytest.raises(ValueError, match="unknown SAE variant 'gated'"):
+        get_variant("gated")
+    assert list(VARIANTS) == ["relu", "topk", "batchtopk", "jumprelu", "matryoshka"]
 
 
 def test_nnx_module_state_is_the_params_dict():

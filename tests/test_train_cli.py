@@ -131,7 +131,7 @@ def test_error_nan_batch_stops_with_step_and_writes_no_checkpoint(tiny_cache, tm
                       "using it, no checkpoint written for it (last checkpoint: 8); check the cache with "
                       "cache.verify()")
     assert Checkpointer(out / "checkpoints", 3).all_steps() == [4, 8]
-    assert not (out / "sae.safetensors").exists()
+    assert not (out / "sae_weights.safetensors").exists()
 
 
 def test_error_batch_size_not_divisible_by_devices(tiny_cache, tmp_path, capsys):

@@ -5,7 +5,7 @@ every array shape (same width, same k) train as one *stack*: their parameters an
 stacked along a leading axis and one jitted, vmap-ed step trains them all on the same token
 batch; other widths / k values are further stacks fed from the same batches, so the cache is
 read once for the whole sweep. Each member is a normal run folder `SWEEP/<member>/` (config.json,
-metrics.jsonl, sae.safetensors + cfg.json; load it with `mammosae_jax.load_sae`). The report is
+metrics.jsonl, sae_weights.safetensors + cfg.json; load it with `mammosae_jax.load_sae`). The report is
 `SWEEP/summary.json`, `SWEEP/pareto.png` (validation FVU vs L0) and a printed table; with --head,
 each member's SAE-only concept AUROC (head on the reconstruction, error term dropped).
 """

@@ -1,7 +1,8 @@
 """Train an SAE on a feature cache: `python -m mammosae_jax.train --cache CACHE --out RUN`.
 
 Writes RUN/config.json, RUN/metrics.jsonl, RUN/checkpoints/ (orbax) and, at the end,
-RUN/sae.safetensors + RUN/cfg.json (SAELens layout, readable by `mammosae_jax.load_sae`).
+RUN/sae_weights.safetensors + RUN/cfg.json (SAELens layout: `sae_lens.SAE.load_from_disk(RUN)` and
+`mammosae_jax.load_sae(RUN)` open it).
 Uses every local device (data parallel); with --coordinator-address/--num-processes/--process-id
 each process of a multi-host run streams its own disjoint part of the tokens.
 """
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if jax.process_index() == 0:
         val = f", val FVU {result.val.fvu:.4f}, L0 {result.val.l0:.1f}" if result.val else ""
-        print(f"trained {result.steps} steps{val}; wrote {args.out}/sae.safetensors")
+        print(f"trained {result.steps} steps{val}; wrote {args.out}/sae_weights.safetensors")
     return 0
 
 

@@ -19,13 +19,19 @@ class FormatError(ValueError):
 class SAEWeights(NamedTuple):
     """SAE parameters as float32 numpy arrays, in our (Flax) layout.
 
-    ``z = act((x - b_dec) @ W_enc + b_enc)``, ``x_hat = z @ W_dec + b_dec``.
+    ``z = act((x - b_dec) @ W_enc + b_enc)``, ``x_hat = z @ W_dec + b_dec``; a JumpReLU SAE also
+    has its per-latent ``threshold``.
     """
 
     W_enc: np.ndarray  # [d_in, n_latents]
     b_enc: np.ndarray  # [n_latents]
     W_dec: np.ndarray  # [n_latents, d_in]
     b_dec: np.ndarray  # [d_in]
+    threshold: np.ndarray | None = None  # [n_latents] (jumprelu only)
+
+    def present(self) -> dict[str, np.ndarray]:
+        """The arrays by name, without an absent threshold."""
+        return {k: v for k, v in self._asdict().items() if v is not None}
 
     @property
     def d_in(self) -> int:
@@ -38,15 +44,15 @@ class SAEWeights(NamedTuple):
 
 def validate_weights(w: SAEWeights, source: str) -> SAEWeights:
     """Check shapes, dtype and finiteness; return contiguous float32 copies. Errors name the array."""
-    arrays = {name: np.asarray(a) for name, a in w._asdict().items()}
+    arrays = {name: np.asarray(a) for name, a in w.present().items()}
     for name, a in arrays.items():
         if not np.issubdtype(a.dtype, np.floating):
             raise FormatError(f"{source}: '{name}' has dtype {a.dtype}, expected a float type")
     if arrays["W_enc"].ndim != 2:
         raise FormatError(f"{source}: 'W_enc' has shape {arrays['W_enc'].shape}, expected [d_in, n_latents]")
     d_in, n = arrays["W_enc"].shape
-    expected = {"W_enc": (d_in, n), "b_enc": (n,), "W_dec": (n, d_in), "b_dec": (d_in,)}
-    for name, shape in expected.items():
+    expected = {"W_enc": (d_in, n), "b_enc": (n,), "W_dec": (n, d_in), "b_dec": (d_in,), "threshold": (n,)}
+    for name, shape in ((k, v) for k, v in expected.items() if k in arrays):
         if arrays[name].shape != shape:
             raise FormatError(
                 f"{source}: '{name}' has shape {arrays[name].shape}, expected {shape} "

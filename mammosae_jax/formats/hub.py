@@ -1,4 +1,5 @@
-"""Fetch the published checkpoint from the Hugging Face Hub, failing at once when offline."""
+"""The Hugging Face Hub: fetch the published checkpoint or a SAELens SAE folder (failing at once
+when offline), read a local folder laid out like a Hub repo, write a repo's README."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from mammosae_jax.formats.common import FormatError
+from mammosae_jax.formats.saelens import CFG_NAME, WEIGHTS_NAME
 
 HUB_REPO = "KKNakka/MammoSAE"
 HUB_FILENAME = "sparse_autoencoder_final.pt"
@@ -50,11 +52,9 @@ def _reachable(host: str, timeout_s: float) -> bool:
     return ok.is_set()
 
 
-def fetch_from_hub(repo: str = HUB_REPO, filename: str = HUB_FILENAME,
-                   cache_dir: str | os.PathLike | None = None) -> Path:
-    """Download (or reuse the Hub cache of) ``filename`` from ``repo``; return its local path."""
-    where = (f"download {hub_url(repo, filename)} on a machine with network access, copy it here and "
-             f"pass its path instead of --from-hub (e.g. `python -m mammosae_jax.convert {filename} DST`)")
+def _download(repo: str, filename: str, cache_dir: str | os.PathLike | None, where: str) -> Path:
+    """``filename`` of Hub repo ``repo`` from the local Hub cache or the network; FormatError saying
+    ``where`` to get it otherwise."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
@@ -71,3 +71,67 @@ def fetch_from_hub(repo: str = HUB_REPO, filename: str = HUB_FILENAME,
     except Exception as e:  # huggingface_hub raises many types (HTTP, auth, not found, timeouts)
         raise FormatError(f"could not download {filename} from {repo}: {type(e).__name__}: {e}; {where}") from None
     return Path(path)
+
+
+def fetch_from_hub(repo: str = HUB_REPO, filename: str = HUB_FILENAME,
+                   cache_dir: str | os.PathLike | None = None) -> Path:
+    """Download (or reuse the Hub cache of) ``filename`` from ``repo``; return its local path."""
+    where = (f"download {hub_url(repo, filename)} on a machine with network access, copy it here and "
+             f"pass its path instead of --from-hub (e.g. `python -m mammosae_jax.convert {filename} DST`)")
+    return _download(repo, filename, cache_dir, where)
+
+
+def _in_repo(folder: str, name: str) -> str:
+    return f"{folder.strip('/')}/{name}" if folder.strip("/") else name
+
+
+def _local_source(root: Path, path: str | None) -> Path:
+    """The file or SAELens folder ``path`` names inside the local folder ``root`` (a Hub repo's layout)."""
+    target = root / path if path else root
+    if not target.exists():
+        raise FormatError(f"{target}: no such file or folder in {root}")
+    if target.is_file() or (target / CFG_NAME).is_file():
+        return target
+    saes = sorted(str(p.parent.relative_to(target)) for p in target.rglob(CFG_NAME))
+    if len(saes) == 1:
+        return target / saes[0]
+    listed = ", ".join(saes) if saes else "none"
+    raise FormatError(f"{target}: no {CFG_NAME} here; name one of its SAE folders after it (found: {listed})")
+
+
+def resolve_hub_source(repo_or_dir: str, path: str | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local path `load_sae` reads, for ``path`` inside a Hub repo or a local folder laid out like one.
+
+    ``path`` is a ``.pt`` / ``.safetensors`` file or a SAELens SAE folder (``cfg.json`` +
+    ``sae_weights.safetensors``, what ``SAE.from_pretrained(repo, sae_id)`` reads); None means the
+    published checkpoint for the default repo and the repo's root folder otherwise. A local folder
+    whose only SAE is in a sub-folder needs no ``path``.
+    """
+    if Path(repo_or_dir).is_dir():
+        return _local_source(Path(repo_or_dir), path)
+    if path is None:
+        path = HUB_FILENAME if repo_or_dir == HUB_REPO else ""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return fetch_from_hub(repo_or_dir, path, cache_dir)
+    where = (f"or download the SAE folder {path or '(the repo root)'} of {repo_or_dir} with "
+             f"`huggingface-cli download {repo_or_dir}` elsewhere, copy it here and pass --from-hub FOLDER")
+    if suffix == ".safetensors":
+        _download(repo_or_dir, str(Path(path).with_name(CFG_NAME)), cache_dir, where)
+        return _download(repo_or_dir, path, cache_dir, where)
+    cfg = _download(repo_or_dir, _in_repo(path, CFG_NAME), cache_dir, where)
+    _download(repo_or_dir, _in_repo(path, WEIGHTS_NAME), cache_dir, where)
+    return cfg.parent
+
+
+def model_card(sae_id: str, cfg: dict) -> str:
+    """README.md of a Hub repo holding one SAELens SAE folder ``sae_id`` (SAELens's own layout)."""
+    ours = cfg["metadata"]["mammosae_jax"]["sae_config"]
+    return (f"---\nlibrary_name: saelens\ntags:\n- sparse-autoencoder\n- mammosae-jax\n---\n"
+            f"# {sae_id}\n\n"
+            f"A {ours['variant']} sparse autoencoder (d_in={cfg['d_in']}, d_sae={cfg['d_sae']}, SAELens "
+            f"architecture `{cfg['architecture']}`) trained with mammosae-jax; its full config is in "
+            f"`{sae_id}/cfg.json` under `metadata.mammosae_jax`.\n\n"
+            f"```python\nfrom sae_lens import SAE\nsae = SAE.from_pretrained(\"<repo_id>\", \"{sae_id}\")\n```\n\n"
+            f"```\npython -m mammosae_jax.convert --from-hub <repo_id> {sae_id} local/run\n```\n")

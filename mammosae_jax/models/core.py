@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 Params = dict[str, jax.Array]
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
+THRESHOLD = "threshold"  # the per-latent threshold [n] of JumpReLU SAEs (SAELens's tensor name)
 
 
 class Settings(Protocol):
@@ -22,6 +23,9 @@ class Settings(Protocol):
     l1_coeff: float
     aux_coeff: float
     threshold: float | None
+    bandwidth: float
+    init_threshold: float
+    prefixes: int
 
     @property
     def resolved_aux_k(self) -> int: ...
@@ -33,6 +37,8 @@ class TrainForward(NamedTuple):
     z: jax.Array  # (B, S) dense latents (used for metrics; gradients flow only where the variant says)
     x_hat: jax.Array  # (B, D) reconstruction, b_dec included
     min_active: jax.Array  # () smallest kept positive activation (batchtopk learns its threshold from it)
+    penalty: jax.Array | None = None  # () the sparsity penalty, when the variant computes it here (jumprelu)
+    recon: jax.Array | None = None  # () reconstruction loss replacing mean (x̂ - x)² (matryoshka's prefixes)
 
 
 def pre_bias(params: Params) -> jax.Array:
@@ -63,6 +69,14 @@ def remove_parallel_component(W_dec_SD: jax.Array, grad_SD: jax.Array) -> jax.Ar
     """Gradient minus its component along each (unit-norm) dictionary vector."""
     unit_SD = normalize_rows(W_dec_SD)
     return grad_SD - jnp.sum(grad_SD * unit_SD, axis=-1, keepdims=True) * unit_SD
+
+
+def constrain(params: Params) -> Params:
+    """Project params back onto their constraints: unit-norm W_dec rows, a non-negative threshold."""
+    out = {**params, "W_dec": normalize_rows(params["W_dec"])}
+    if THRESHOLD in params:
+        out[THRESHOLD] = jnp.maximum(params[THRESHOLD], 0.0)
+    return out
 
 
 def zero() -> jax.Array:

@@ -29,10 +29,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mammosae_jax.models import core
-from mammosae_jax.models.core import PARAM_NAMES, Params, normalize_rows, pre_activation, remove_parallel_component
+from mammosae_jax.models.core import (PARAM_NAMES, THRESHOLD, Params, constrain, normalize_rows, pre_activation,
+                                     remove_parallel_component)
 from mammosae_jax.models.variants import VARIANTS, get_variant
 
-__all__ = ["PARAM_NAMES", "Params", "normalize_rows", "pre_activation", "remove_parallel_component"]
+__all__ = ["PARAM_NAMES", "THRESHOLD", "Params", "constrain", "normalize_rows", "pre_activation",
+           "remove_parallel_component"]
 INITS = ("reference", "tied")
 DEFAULT_K = 32
 
@@ -46,17 +48,24 @@ class SAEConfig:
     n_latents: int
     """Dictionary size (expansion · d_in)."""
     variant: str = "relu"
-    """Registered variant name: relu, topk, batchtopk."""
+    """Registered variant name: relu, topk, batchtopk, jumprelu, matryoshka."""
     k: int | None = None
-    """Active latents per token (topk) or per token on average (batchtopk); None = 32. relu has none."""
+    """Active latents per token (topk) or per token on average (batchtopk, matryoshka); None = 32.
+    relu and jumprelu have none."""
     l1_coeff: float = 3e-5
-    """L1 coefficient on Σ|z| (relu)."""
+    """Sparsity coefficient: on the L1 norm Σ|z| (relu), on the L0 count (jumprelu)."""
     aux_k: int | None = None
     """Dead latents used by AuxK (topk/batchtopk); None = min(d_in // 2, n_latents)."""
     aux_coeff: float = 1.0 / 32.0
     """AuxK loss coefficient; 0 disables it."""
     threshold: float | None = None
-    """Inference threshold of batchtopk (set by the trainer); None = batch rule."""
+    """Inference threshold of batchtopk/matryoshka (set by the trainer); None = batch rule."""
+    bandwidth: float = 0.05
+    """Width of the straight-through rectangle kernel (jumprelu; SAELens's default)."""
+    init_threshold: float = 0.01
+    """Initial per-latent threshold (jumprelu; SAELens's default)."""
+    prefixes: int = 4
+    """Nested dictionary prefixes that each reconstruct the input (matryoshka)."""
     init: str = "reference"
     """'reference': SPEC §3 init (tiny kaiming-uniform encoder); 'tied': W_enc = W_decᵀ, b_enc = 0."""
 
@@ -74,6 +83,10 @@ class SAEConfig:
             raise ValueError(f"k must be in [1, n_latents={self.n_latents}], got {self.k}")
         if self.aux_k is not None and not 0 < self.aux_k <= self.n_latents:
             raise ValueError(f"aux_k must be in [1, n_latents={self.n_latents}], got {self.aux_k}")
+        if self.bandwidth <= 0 or self.init_threshold < 0:
+            raise ValueError(f"bandwidth must be > 0 and init_threshold >= 0, got {self.bandwidth}, {self.init_threshold}")
+        if self.prefixes < 1:
+            raise ValueError(f"prefixes must be >= 1, got {self.prefixes}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; known: {', '.join(INITS)}")
 
@@ -110,7 +123,7 @@ class ForwardOut(NamedTuple):
 
 
 class LossOut(NamedTuple):
-    loss: jax.Array  # () the differentiated total: mse + sparsity + aux
+    loss: jax.Array  # () the differentiated total: mse (matryoshka: mean prefix mse) + sparsity + aux
     mse: jax.Array  # () mean over tokens and dims of (x̂ - x)²
     l1: jax.Array  # () mean over tokens of Σ_latents |z| (unscaled)
     l0: jax.Array  # () mean number of nonzero latents per token
@@ -123,7 +136,10 @@ class LossOut(NamedTuple):
 
 @functools.partial(jax.jit, static_argnums=0)
 def init_params(config: SAEConfig, key: jax.Array) -> Params:
-    """Fresh float32 parameters (see `SAEConfig.init`); b_dec = 0, W_dec ~ N(0, 1) with unit rows."""
+    """Fresh float32 parameters (see `SAEConfig.init`); b_dec = 0, W_dec ~ N(0, 1) with unit rows.
+
+    A jumprelu SAE also gets `threshold` [n] = `init_threshold`.
+    """
     k_dec, k_enc, k_benc = jax.random.split(key, 3)
     D, S = config.d_in, config.n_latents
     W_dec = normalize_rows(jax.random.normal(k_dec, (S, D), jnp.float32))
@@ -133,13 +149,20 @@ def init_params(config: SAEConfig, key: jax.Array) -> Params:
         bound_w, bound_b = (6.0 / (S * D)) ** 0.5, 1.0 / S**0.5
         W_enc = jax.random.uniform(k_enc, (D, S), jnp.float32, -bound_w, bound_w)
         b_enc = jax.random.uniform(k_benc, (S,), jnp.float32, -bound_b, bound_b)
-    return {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": jnp.zeros((D,), jnp.float32)}
+    return {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": jnp.zeros((D,), jnp.float32),
+            **get_variant(config.variant).init_extra(config)}
+
+
+def param_names(config: SAEConfig) -> tuple[str, ...]:
+    """The params an SAE of this config has: `PARAM_NAMES` plus its variant's extra ones."""
+    return PARAM_NAMES + tuple(get_variant(config.variant).extra_params)
 
 
 def encode(config: SAEConfig, params: Params, x_BD: jax.Array) -> EncodeOut:
-    """Pre-activations and latents of a batch (inference rule of the variant)."""
+    """Pre-activations and latents of a batch (inference rule of the variant; jumprelu reads
+    `params["threshold"]`, batchtopk/matryoshka `config.threshold`)."""
     pre_BS = pre_activation(params, x_BD)
-    return EncodeOut(pre_BS, get_variant(config.variant).activate(config, pre_BS))
+    return EncodeOut(pre_BS, get_variant(config.variant).activate(config, params, pre_BS))
 
 
 def decode(config: SAEConfig, params: Params, z_BS: jax.Array) -> jax.Array:
@@ -158,16 +181,16 @@ def loss(config: SAEConfig, params: Params, x_BD: jax.Array,
     """Training loss of a batch and its metrics; `dead_S` (bool mask) feeds the AuxK loss."""
     variant = get_variant(config.variant)
     pre_BS = pre_activation(params, x_BD)
-    z_BS, x_hat_BD, min_active = variant.train_forward(config, params, x_BD, pre_BS)
+    z_BS, x_hat_BD, min_active, penalty, recon = variant.train_forward(config, params, x_BD, pre_BS)
     err_BD = x_hat_BD - x_BD
     mse = jnp.mean(err_BD**2)
-    sparsity = variant.sparsity_loss(config, z_BS)
+    sparsity = variant.sparsity_loss(config, z_BS) if penalty is None else penalty
     if dead_S is None:
         dead_S = jnp.zeros((config.n_latents,), bool)
     aux = variant.aux_loss(config, params, x_BD, x_hat_BD, pre_BS, dead_S)
     total_var = jnp.sum((x_BD - jnp.mean(x_BD, axis=0)) ** 2)
     return LossOut(
-        loss=mse + sparsity + aux,
+        loss=(mse if recon is None else recon) + sparsity + aux,
         mse=mse,
         l1=jnp.mean(jnp.sum(jnp.abs(z_BS), axis=-1)),
         l0=jnp.mean(jnp.sum(z_BS != 0, axis=-1).astype(jnp.float32)),
@@ -189,12 +212,12 @@ class SAEModule(nnx.Module):
                 raise ValueError("SAEModule needs rngs (to initialise) or params")
             params = init_params(config, rngs.params())
         self.config = config
-        for name in PARAM_NAMES:
+        for name in param_names(config):
             setattr(self, name, nnx.Param(jnp.asarray(params[name], jnp.float32)))
 
     def params(self) -> Params:
         """The plain params dict (the arrays themselves, no copy)."""
-        return {name: getattr(self, name)[...] for name in PARAM_NAMES}
+        return {name: getattr(self, name)[...] for name in param_names(self.config)}
 
     def __call__(self, x_BD: jax.Array) -> ForwardOut:
         return forward(self.config, self.params(), x_BD)

@@ -3,7 +3,9 @@
 =====================  ==================================================================
 path                   format
 =====================  ==================================================================
-a folder               run folder: ``sae.safetensors`` + ``cfg.json`` inside (SAELens layout)
+a folder               run folder: ``sae_weights.safetensors`` + ``cfg.json`` inside: what
+                       SAELens's ``SAE.load_from_disk`` opens (``sae.safetensors``, the name
+                       older runs wrote, is read too)
 ``*.safetensors``      SAELens layout, ``cfg.json`` beside it
 ``*.pt`` / ``*.pth``   the published reference PyTorch state_dict (needs torch)
 =====================  ==================================================================
@@ -24,11 +26,12 @@ import numpy as np
 from mammosae_jax.models import sae as sae_lib
 from mammosae_jax.formats import saelens
 from mammosae_jax.formats.common import FormatError, SAEWeights, validate_weights
-from mammosae_jax.models.sae import PARAM_NAMES, SAEConfig
+from mammosae_jax.models.sae import PARAM_NAMES, THRESHOLD, SAEConfig, param_names
 
 Format = Literal["run", "safetensors", "pt"]
-RUN_WEIGHTS = "sae.safetensors"
-_RUN_WEIGHTS_ALIASES = (RUN_WEIGHTS, "sae_weights.safetensors")  # ours, SAELens's own folder name
+RUN_WEIGHTS = saelens.WEIGHTS_NAME  # SAELens fixes it (sae_lens/constants.py)
+LEGACY_RUN_WEIGHTS = "sae.safetensors"  # what run folders held before; still read
+_RUN_WEIGHTS_ALIASES = (RUN_WEIGHTS, LEGACY_RUN_WEIGHTS)
 _PT_SUFFIXES = (".pt", ".pth")
 
 
@@ -46,19 +49,22 @@ class SAE:
     """An SAE ready for inference: its config, its params and jit-compiled encode / decode.
 
     ``encode`` and ``decode`` accept any leading shape (``(..., d_in)`` -> ``(..., n_latents)``);
-    inputs are cast to float32.
+    inputs are cast to float32. A jumprelu SAE's params include its per-latent ``threshold``,
+    which every consumer of ``params`` (interventions, heatmaps, naming) passes to ``encode``.
     """
 
     def __init__(self, config: SAEConfig, params: Mapping[str, Any]) -> None:
-        missing = [n for n in PARAM_NAMES if n not in params]
+        missing = [n for n in param_names(config) if n not in params]
         if missing:
-            raise FormatError(f"SAE params lack {', '.join(missing)}")
-        w = validate_weights(SAEWeights(*(np.asarray(params[n]) for n in PARAM_NAMES)), "SAE params")
+            raise FormatError(f"{config.variant} SAE params lack {', '.join(missing)}")
+        threshold = np.asarray(params[THRESHOLD]) if THRESHOLD in param_names(config) else None
+        w = validate_weights(SAEWeights(*(np.asarray(params[n]) for n in PARAM_NAMES), threshold=threshold),
+                             "SAE params")
         if (w.d_in, w.n_latents) != (config.d_in, config.n_latents):
             raise FormatError(f"SAE params are d_in={w.d_in}, n_latents={w.n_latents} "
                               f"but the config says d_in={config.d_in}, n_latents={config.n_latents}")
         self.config = config
-        self.params: sae_lib.Params = {n: jnp.asarray(a) for n, a in w._asdict().items()}
+        self.params: sae_lib.Params = {n: jnp.asarray(a) for n, a in w.present().items()}
         self._encode = jax.jit(functools.partial(_encode_z, config))
         self._decode = jax.jit(functools.partial(_decode, config))
 
@@ -80,7 +86,9 @@ class SAE:
 
     def weights(self) -> SAEWeights:
         """The params as float32 numpy arrays."""
-        return SAEWeights(*(np.asarray(self.params[n]) for n in PARAM_NAMES))
+        thr = self.params.get(THRESHOLD)
+        return SAEWeights(*(np.asarray(self.params[n]) for n in PARAM_NAMES),
+                          threshold=None if thr is None else np.asarray(thr))
 
     def __repr__(self) -> str:
         return f"SAE(d_in={self.d_in}, n_latents={self.n_latents}, variant={self.config.variant!r})"
@@ -122,7 +130,8 @@ def _run_weights(run: Path) -> Path:
     for name in _RUN_WEIGHTS_ALIASES:
         if (run / name).is_file():
             return run / name
-    raise FormatError(f"{run}: no {RUN_WEIGHTS} in this folder (a training run writes it when it finishes)")
+    raise FormatError(f"{run}: no {RUN_WEIGHTS} (or {LEGACY_RUN_WEIGHTS}) in this folder "
+                      f"(a training run writes it when it finishes)")
 
 
 def load_sae(path: str | os.PathLike) -> SAE:
@@ -133,16 +142,16 @@ def load_sae(path: str | os.PathLike) -> SAE:
         from mammosae_jax.formats.reference_pt import read_reference_pt
 
         w = read_reference_pt(p)
-        return SAE(_reference_config(w.d_in, w.n_latents), w._asdict())
+        return SAE(_reference_config(w.d_in, w.n_latents), w.present())
     weights_path = _run_weights(p) if fmt == "run" else p
     w, config_dict = saelens.read_saelens(weights_path)
-    return SAE(_config_from_dict(config_dict, str(saelens.cfg_path_for(weights_path))), w._asdict())
+    return SAE(_config_from_dict(config_dict, str(saelens.cfg_path_for(weights_path))), w.present())
 
 
 def save_sae(path: str | os.PathLike, sae: SAE) -> Path:
     """Write ``sae`` in the format named by ``path`` (atomically); return the weights file written.
 
-    A folder gets ``sae.safetensors`` + ``cfg.json``; ``x.safetensors`` gets ``cfg.json`` beside
+    A folder gets ``sae_weights.safetensors`` + ``cfg.json``; ``x.safetensors`` gets ``cfg.json`` beside
     it; ``x.pt`` gets the reference state_dict (ReLU SAEs only: the reference code has no other).
     """
     p = Path(path)

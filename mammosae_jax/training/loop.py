@@ -24,6 +24,7 @@ from tqdm import tqdm
 from cache import CacheError
 
 from mammosae_jax.models.sae import SAEConfig
+from mammosae_jax.models.variants import get_variant
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
@@ -67,9 +68,9 @@ def finite_batch_on_devices(dp: DataParallel, tokens: np.ndarray, what: str, ste
 
 
 def inference_config(config: SAEConfig, state: TrainState) -> SAEConfig:
-    """The config for inference: batchtopk gets its learned threshold."""
+    """The config for inference: batchtopk/matryoshka get their learned threshold."""
     thr = float(state.threshold)
-    if config.variant == "batchtopk" and thr >= 0:
+    if get_variant(config.variant).learns_threshold and thr >= 0:
         return dataclasses.replace(config, threshold=thr)
     return config
 

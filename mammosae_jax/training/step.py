@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mammosae_jax.models.sae import SAEConfig, loss, normalize_rows, remove_parallel_component
+from mammosae_jax.models.sae import SAEConfig, constrain, loss, remove_parallel_component
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.state import TrainState, make_optimizer
 
@@ -39,7 +39,7 @@ def train_step(config: SAEConfig, optimizer: optax.GradientTransformation, dead_
     grads = {**grads, "W_dec": remove_parallel_component(state.params["W_dec"], grads["W_dec"])}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    params = {**params, "W_dec": normalize_rows(params["W_dec"])}
+    params = constrain(params)  # unit-norm W_dec rows (and a jumprelu threshold >= 0)
 
     steps_since_fired = jnp.where(out.fired, 0, state.steps_since_fired + 1)
     seen = jnp.isfinite(out.min_active)

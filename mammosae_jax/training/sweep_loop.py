@@ -6,7 +6,7 @@ resampling (relu) and validation are exactly the single trainer's (`training.loo
 every member ends with the parameters a single run of its config would reach (float tolerance;
 tests/test_sweep_train.py). Each member gets a normal run folder: `config.json` (its own `sae`
 and `train` sections, as a single run writes them, plus a `sweep` section), `metrics.jsonl`
-and the `sae.safetensors` + `cfg.json` export. Sweeps write no orbax checkpoints and do not
+and the `sae_weights.safetensors` + `cfg.json` export. Sweeps write no orbax checkpoints and do not
 resume: a sweep is restarted from scratch.
 """
 from __future__ import annotations

@@ -16,7 +16,9 @@ def member_grid(args: Any, d_in: int) -> list:
     from mammosae_jax.models.sae import SAEConfig
     from mammosae_jax.training.stacked import Member
 
-    relu = args.variant == "relu"
+    from mammosae_jax.models.variants import get_variant
+
+    relu = not get_variant(args.variant).uses_k  # relu, jumprelu: sweep the sparsity coefficient --l1
     if relu and args.k is not None:
         raise SweepError("--k applies to --variant topk/batchtopk; a relu sweep varies --l1")
     if not relu and args.l1 is not None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from mammosae_jax.models.variants.base import TrainForward, Variant
 from mammosae_jax.models.variants.batchtopk import BATCHTOPK
+from mammosae_jax.models.variants.jumprelu import JUMPRELU
+from mammosae_jax.models.variants.matryoshka import MATRYOSHKA
 from mammosae_jax.models.variants.relu import RELU
 from mammosae_jax.models.variants.topk import TOPK
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (RELU, TOPK, BATCHTOPK)}
+VARIANTS: dict[str, Variant] = {v.name: v for v in (RELU, TOPK, BATCHTOPK, JUMPRELU, MATRYOSHKA)}
 
 
 def get_variant(name: str) -> Variant:

@@ -25,9 +25,16 @@ class Variant(Protocol):
     name: str
     uses_k: bool
     """whether the variant has a k (active latents per token); relu does not."""
+    learns_threshold: bool
+    """whether training learns a scalar inference threshold (`Settings.threshold`, batchtopk)."""
+    extra_params: tuple[str, ...]
+    """params beyond `core.PARAM_NAMES` (jumprelu: the per-latent threshold)."""
 
-    def activate(self, config: Settings, pre_BS: jax.Array) -> jax.Array:
-        """Inference activation: pre-activations -> dense latents."""
+    def init_extra(self, config: Settings) -> Params:
+        """Initial values of `extra_params` (float32)."""
+
+    def activate(self, config: Settings, params: Params, pre_BS: jax.Array) -> jax.Array:
+        """Inference activation: pre-activations -> dense latents (`params` holds any extra params)."""
 
     def train_forward(self, config: Settings, params: Params, x_BD: jax.Array,
                       pre_BS: jax.Array) -> TrainForward:
@@ -111,7 +118,17 @@ def auxk_loss(config: Settings, params: Params, x_BD: jax.Array, x_hat_BD: jax.A
     return jax.lax.cond(jnp.any(dead_S), compute, lambda _: zero(), None)
 
 
-class TopKFamily:
+class NoExtraParams:
+    """Mixin of the variants whose params are exactly `core.PARAM_NAMES`."""
+
+    learns_threshold = False
+    extra_params: tuple[str, ...] = ()
+
+    def init_extra(self, config: Settings) -> Params:
+        return {}
+
+
+class TopKFamily(NoExtraParams):
     """Shared base of the variants with a k (TopK, BatchTopK): no penalty, AuxK for dead latents."""
 
     uses_k = True

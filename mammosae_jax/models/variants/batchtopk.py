@@ -2,8 +2,9 @@
 
 Training keeps the k·B largest ReLU pre-activations of the whole batch, so tokens may use more or
 fewer than k latents. The trainer tracks an exponential moving average of the smallest kept
-activation and stores it as `Settings.threshold`; inference then keeps `pre > threshold`, which
-is per-token and batch-independent. Without a threshold, inference falls back to the batch rule.
+activation and stores it as `Settings.threshold`; inference is then JumpReLU's with that one
+threshold for every latent (`jumprelu.jump`: ReLU(pre) where pre > threshold), per-token and
+batch-independent. Without a threshold, inference falls back to the batch rule.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 
 from mammosae_jax.models.core import Params, Settings, decode
 from mammosae_jax.models.variants.base import TopKFamily, TrainForward
+from mammosae_jax.models.variants.jumprelu import jump
 
 
 def batch_topk(pre_BS: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -35,11 +37,12 @@ class BatchTopK(TopKFamily):
     """k active latents per token on average over a batch."""
 
     name: str = "batchtopk"
+    learns_threshold = True
 
-    def activate(self, config: Settings, pre_BS: jax.Array) -> jax.Array:
+    def activate(self, config: Settings, params: Params, pre_BS: jax.Array) -> jax.Array:
         if config.threshold is None:
             return batch_topk(pre_BS, config.k)[0]
-        return jnp.where(pre_BS > config.threshold, pre_BS, 0.0)
+        return jump(pre_BS, jnp.float32(config.threshold))
 
     def train_forward(self, config: Settings, params: Params, x_BD: jax.Array,
                       pre_BS: jax.Array) -> TrainForward:

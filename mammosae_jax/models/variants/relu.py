@@ -10,17 +10,17 @@ import jax
 import jax.numpy as jnp
 
 from mammosae_jax.models.core import Params, Settings, TrainForward, decode, zero
-
+from mammosae_jax.models.variants.base import NoExtraParams
 
 
 @dataclass(frozen=True)
-class ReLU:
+class ReLU(NoExtraParams):
     """Dense ReLU latents; sparsity from the L1 penalty."""
 
     name: str = "relu"
     uses_k = False
 
-    def activate(self, config: Settings, pre_BS: jax.Array) -> jax.Array:
+    def activate(self, config: Settings, params: Params, pre_BS: jax.Array) -> jax.Array:
         return jax.nn.relu(pre_BS)
 
     def train_forward(self, config: Settings, params: Params, x_BD: jax.Array,

@@ -23,7 +23,7 @@ class TopK(TopKFamily):
 
     name: str = "topk"
 
-    def activate(self, config: Settings, pre_BS: jax.Array) -> jax.Array:
+    def activate(self, config: Settings, params: Params, pre_BS: jax.Array) -> jax.Array:
         vals_BK, idx_BK = jax.lax.top_k(pre_BS, config.k)
         return scatter_dense(jax.nn.relu(vals_BK), idx_BK, config.n_latents)
 
