@@ -5,7 +5,7 @@
   const D = JSON.parse(document.getElementById("dashboard-data").textContent);
   const PAGE = 100;
   const SVGNS = "http://www.w3.org/2000/svg";
-  const GT = "#39ff14";
+  const BOX_COLOURS = ["#39ff14", "#ff4fd8", "#ffd000"];  /* per concept; the first is the figures' ground-truth lime */
   const T = D.table;
   const N = T.id.length;
   const rowOf = new Map(T.id.map((j, r) => [j, r]));
@@ -229,8 +229,8 @@
       const height = 256, width = Math.round((height * I.hw[1]) / I.hw[0]);
       const shot = el("div", { class: "shot", style: `width:${width}px;height:${height}px`, "data-image": i },
         el("img", { src: I.uri, width, height, alt: I.id }), heatCanvas(bytes, t * gh * gw));
-      for (const [l, b] of Object.entries(I.boxes || {})) shot.append(boxesSvg(I.hw, b, GT));
-      shots.append(el("div", { class: "shot-wrap", style: "display:inline-block" }, shot, el("div", { class: "cap", text: cap + " · " +
+      for (const [l, b] of Object.entries(I.boxes || {})) shot.append(boxesSvg(I.hw, b, BOX_COLOURS[D.labels.indexOf(l) % 3]));
+      shots.append(el("div", { class: "shot-wrap", style: `display:inline-block;vertical-align:top;width:${width + 8}px` }, shot, el("div", { class: "cap", text: cap + " · " +
         Object.entries(I.labels).map(([l, v]) => `${l}=${v}`).join(", ") })));
       const [x1, y1, x2, y2] = C.win[r][t], zoom = 112 / (x2 - x1);
       const patch = el("div", { class: "patch", title: cap, style: `background-image:url(${I.uri});` +
@@ -239,7 +239,8 @@
       patch.append(boxesSvg([y2 - y1, x2 - x1], [[c1 - x1, d1 - y1, c2 - x1, d2 - y1]], "#00e5ff", "4 3"));
       patches.append(patch);
     });
-    parts.push(el("h3", { text: "Top-activating images: activation over the image (inferno), ground-truth boxes (green)" }), shots,
+    const legend = D.labels.map((l, k) => `${l} boxes: ${["green", "pink", "yellow"][k % 3]}`).join(", ");
+    parts.push(el("h3", { text: `Top-activating images by max activation: the latent's activation over the image (inferno; ${legend})` }), shots,
       el("h3", { text: "Top patches: a window around each image's peak cell (dashed)" }), patches);
     box.replaceChildren(...parts);
     box.hidden = false;

@@ -2,6 +2,7 @@
 next to this module) with the collected data embedded as JSON; one file, no external resource."""
 from __future__ import annotations
 
+from html import escape
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ def asset(name: str) -> str:
 
 def render(data: dict[str, Any], title: str) -> str:
     """The page's HTML with `data` embedded."""
-    html = asset("template.html")
+    html = asset("template.html").replace("{{TITLE}}", escape(title))  # before anything is inserted
     for key, value in (("{{CSS}}", asset("dashboard.css")), ("{{JS}}", asset("dashboard.js")),
-                       ("{{TITLE}}", title), ("{{DATA}}", script_json(data))):
+                       ("{{DATA}}", script_json(data))):
         html = html.replace(key, value, 1)
     return html
 
