@@ -82,7 +82,8 @@ def dump(tmp: Path, url: str) -> tuple[Elements, str]:
 def test_page_renders_the_table_and_a_deep_linked_card_without_console_messages(page, tmp_path):
     path, data = page
     firing = data["table"]["id"]
-    latent = next(j for r, j in enumerate(firing) if sum(i >= 0 for i in data["cards"]["img"][r]) >= 2)
+    latent = next(j for r, j in enumerate(firing) if sum(i >= 0 for i in data["cards"]["img"][r]) >= 2
+                  and str(j) in data["names"])
     dom, stderr = dump(tmp_path, path.as_uri() + f"#latent={latent}")
     assert [line for line in stderr.splitlines() if ":CONSOLE" in line] == []
     assert dom.errors.strip() == "" and dom.find("pre", id="page-errors")[0].get("hidden") is not None
@@ -106,6 +107,7 @@ def test_page_renders_the_table_and_a_deep_linked_card_without_console_messages(
     assert len(patches) == len(top) and all("data:image/jpeg;base64," in p["style"] for p in patches)
     boxed = [i for i in top if data["images"][str(i)]["boxes"]]
     assert boxed and len(dom.find("rect")) >= sum(len(b) for i in boxed for b in data["images"][str(i)]["boxes"].values())
+    assert len(dom.find("div", id="prompts")) == 1  # the name_latents prompts of this latent
     assert len(dom.find("svg", **{"class": "curve"})) == len(data["labels"]) == 2
     assert len(dom.find("path", data_series="activated")) == 2
 

@@ -163,3 +163,44 @@ def test_embedded_json_cannot_close_its_script_tag():
     assert "</" not in text and json.loads(text) == {"name": "</script><script>alert(1)</script>", "x": None}
     page = render({"labels": [], "name": "</script>"}, "a <b> title")
     assert page.count("</script>") == 3 and "<title>a &lt;b&gt; title</title>" in page
+
+
+def test_without_stage_outputs_the_page_has_the_latents_only(world, tmp_path):
+    run, _, _, _, data = world
+    bare = collect(DashboardConfig(run=str(run.run), cache=str(run.cache), out=str(tmp_path / "x.html"),
+                                   analysis=str(tmp_path), top_images=TOP, progress=False))
+    assert bare["labels"] == [] and bare["images"] == {}  # no concepts, no PNG folder
+    assert set(bare["table"]) == {"id", "freq", "mean", "max", "name"} and bare["table"]["id"] == data["table"]["id"]
+    assert bare["overview"]["reconstruction"] is None and bare["overview"]["concepts"] == {}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--run": "missing_run"}, "error: {tmp}/missing_run: no such file or folder"),
+    ({"--cache": "missing_cache"}, "error: {tmp}/missing_cache is not a feature cache (no manifest.json); check the path or extract it first"),
+    ({"--top-images": "0"}, "error: --top-images must be at least 1"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(world, tmp_path, capsys, change, message):
+    from mammosae_jax.cli.dashboard import main
+
+    run = world[0]
+    args = {"--run": str(run.run), "--cache": str(run.cache), "--out": str(tmp_path / "x.html")}
+    args.update({k: (v if k == "--top-images" else str(tmp_path / v)) for k, v in change.items()})
+    assert main([t for kv in args.items() for t in kv]) == 2
+    assert capsys.readouterr().err.strip() == message.format(tmp=tmp_path)
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_names_and_prompt_similarities_come_from_name_latents(world):
+    run, _, _, _, data = world
+    names = pd.read_csv(run.out / "names" / "latent_names.csv")
+    firing = data["table"]["id"]
+    named = {j for j in names["latent"] if j in set(firing)}
+    assert len(named) >= 3
+    for r, j in enumerate(firing):
+        rows = names[names["latent"] == j].sort_values("k")
+        if j in named:
+            assert data["table"]["name"][r] == rows["prompt"].iloc[0]
+            assert [p for p, _ in data["names"][str(j)]] == rows["prompt"].tolist()
+            _close([c for _, c in data["names"][str(j)]], rows["cosine"].to_numpy(), abs_=1e-6)
+        else:
+            assert data["table"]["name"][r] == "" and str(j) not in data["names"]

@@ -87,7 +87,28 @@ def build_run(root: Path) -> DashboardRun:
                                              "--out", str(out / "heatmaps" / label)])):
             code = main(args)
             assert code in (0, None), f"{main.__module__} {args}"
+    _name_latents(root, run, out)
     return DashboardRun(out, cache_path, run, csv, images)
+
+
+PROMPTS = ("an irregular mass", "clustered calcifications", "fatty tissue", "the nipple")
+
+
+def _name_latents(root: Path, run: Path, out: Path) -> None:
+    """`name_latents` on the top Suspicious_Calcification latents, with made-up prompt embeddings."""
+    from cache.prompt_embeddings import PromptEmbeddings, write_prompt_embeddings
+    from mammosae_jax.cli import name_latents
+    from tests.helpers.concept_data import DIM
+
+    rng = np.random.default_rng(1)
+    text = rng.standard_normal((len(PROMPTS), 8)).astype(np.float32)
+    emb = PromptEmbeddings(PROMPTS, ("mass", "calcification", "tissue", "nipple"),
+                           text / np.linalg.norm(text, axis=1, keepdims=True),
+                           rng.standard_normal((8, DIM)).astype(np.float32), np.zeros(8, np.float32),
+                           {"key": "dashboard-test", "pooling": "eos"})
+    path = write_prompt_embeddings(root / "prompts.safetensors", emb)
+    name_latents.main(["--embeddings", str(path), "--sae", str(run), "--ranking", str(out / "ranking" / CONCEPTS[0]),
+                       "--label", CONCEPTS[0], "--top", "3", "--k", "3", "--out", str(out / "names")])
 
 
 def shared_run(tmp_path_factory) -> DashboardRun:
