@@ -204,3 +204,4 @@ def test_names_and_prompt_similarities_come_from_name_latents(world):
             _close([c for _, c in data["names"][str(j)]], rows["cosine"].to_numpy(), abs_=1e-6)
         else:
             assert data["table"]["name"][r] == "" and str(j) not in data["names"]
+

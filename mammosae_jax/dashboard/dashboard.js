@@ -97,6 +97,14 @@
 
   /* ------------------------------------------------------------------ latent table */
   const state = { sort: "freq", desc: true, page: 0, label: D.labels[0] || null, min: {}, text: "" };
+  const HELP = {
+    id: "latent index", name: "top prompt from name_latents", freq: "fraction of the cached images on which it fires somewhere",
+    mean: "mean over the images of its spatial-mean activation", max: "largest activation on any position",
+    score: "class-1 importance from the ranking files (concepts stage)", m0: "mean spatial-mean activation on class-0 training units",
+    m1: "mean spatial-mean activation on class-1 training units",
+    dauc: "test AUROC of the head through the SAE with this latent removed, minus with all latents",
+    hit: "pointing game on the positive test images (visualize rules; – = not scored)", iou: "mean best IoU of its boxes with the ground truth",
+  };
   function columns() {
     const c = [["id", "latent", "text"], ["name", "name", "text"], ["freq", "frequency"], ["mean", "mean act."], ["max", "max act."]];
     if (state.label) {
@@ -131,7 +139,7 @@
     const tab = document.getElementById("latent-table");
     const cols = columns();
     const head = el("tr", {}, cols.map(([key, name, cls]) => el("th", {
-      "data-key": key, class: cls || "", text: name + (state.sort === key ? (state.desc ? " ▼" : " ▲") : ""),
+      "data-key": key, class: cls || "", title: HELP[key.split(":")[0]], text: name + (state.sort === key ? (state.desc ? " ▼" : " ▲") : ""),
       on: { click: () => { state.desc = state.sort === key ? !state.desc : true; state.sort = key; state.page = 0; drawTable(); } },
     })));
     const filters = el("tr", {}, cols.map(([key, , cls]) => el("th", { class: cls || "" }, cls ? "" : el("input", {
