@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mammosae_jax.cli.dashboard import main
+from mammosae_jax.demo.plan import DASHBOARD, dashboard_stage
+from mammosae_jax.demo.stages import run_stage
 from tests.helpers.dashboard_data import shared_run
 from tests.helpers.figure_data import assert_png_drawn
 
@@ -63,9 +64,11 @@ class Elements(HTMLParser):
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
+    """The page as the demo writes it: its dashboard stage on a run in the demo's layout."""
     run = shared_run(tmp_path_factory)
-    out = tmp_path_factory.mktemp("page") / "report.html"
-    assert main(["--run", str(run.run), "--cache", str(run.cache), "--out", str(out), "--no-progress"]) == 0
+    result = run_stage(dashboard_stage(run.out), tmp_path_factory.mktemp("logs"), force=True)
+    out = run.out / DASHBOARD
+    assert not result.skipped and out.is_file()
     text = out.read_text()
     data = json.loads(re.search(r'<script type="application/json" id="dashboard-data">(.*?)</script>', text, re.S)[1])
     assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing from the network
