@@ -4,6 +4,7 @@ after its script ran, a card opened by a deep link with its images, and a screen
 not blank."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -15,7 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mammosae_jax.demo.plan import DASHBOARD, dashboard_stage
+from cache.atomic import write_json_atomic
+from mammosae_jax.dashboard.inputs import GATES_FILE
+from mammosae_jax.demo.gates import evaluate_gates
+from mammosae_jax.demo.plan import DASHBOARD, DemoConfig, dashboard_stage
 from mammosae_jax.demo.stages import run_stage
 from tests.helpers.dashboard_data import shared_run
 from tests.helpers.figure_data import assert_png_drawn
@@ -66,7 +70,10 @@ class Elements(HTMLParser):
 def page(tmp_path_factory):
     """The page as the demo writes it: its dashboard stage on a run in the demo's layout."""
     run = shared_run(tmp_path_factory)
+    gates = evaluate_gates(run.out, DemoConfig())  # as the demo does before its dashboard stage
+    write_json_atomic(run.out / GATES_FILE, [dataclasses.asdict(g) for g in gates])
     result = run_stage(dashboard_stage(run.out), tmp_path_factory.mktemp("logs"), force=True)
+    (run.out / GATES_FILE).unlink()  # the data test reads the run without gates
     out = run.out / DASHBOARD
     assert not result.skipped and out.is_file()
     text = out.read_text()
@@ -110,6 +117,10 @@ def test_page_renders_the_table_and_a_deep_linked_card_without_console_messages(
     assert len(patches) == len(top) and all("data:image/jpeg;base64," in p["style"] for p in patches)
     boxed = [i for i in top if data["images"][str(i)]["boxes"]]
     assert boxed and len(dom.find("rect")) >= sum(len(b) for i in boxed for b in data["images"][str(i)]["boxes"].values())
+    verdicts = [g["passed"] for g in data["overview"]["gates"]]
+    assert len(dom.find("div", id="gates")) == 1 and len(verdicts) == 11
+    assert len(dom.find("span", **{"class": "pass"})) == sum(verdicts) and len(dom.find("span", **{"class": "fail"})) == 11 - sum(verdicts)
+    assert len(dom.find("div", id="reconstruction")) == 1
     assert len(dom.find("div", id="prompts")) == 1  # the name_latents prompts of this latent
     assert len(dom.find("svg", **{"class": "curve"})) == len(data["labels"]) == 2
     assert len(dom.find("path", data_series="activated")) == 2

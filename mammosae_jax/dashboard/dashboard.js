@@ -71,13 +71,17 @@
     const boxes = el("div", { class: "grid" });
     boxes.append(el("div", { class: "panel" }, el("h3", { text: "SAE config" }),
       table(["key", "value"], Object.entries(cfg).filter(([, v]) => typeof v !== "object").map(([k, v]) => [k, v]))));
+    const last = O.config.last_metrics;
+    if (last) boxes.append(el("div", { class: "panel" }, el("h3", { text: `Training, last logged step (${last.split || ""})` }),
+      table(["key", "value"], Object.entries(last).filter(([, v]) => typeof v !== "object").map(([k, v]) => [k, v]))));
     const R = O.reconstruction;
     if (R) boxes.append(el("div", { class: "panel", id: "reconstruction" }, el("h3", { text: "Reconstruction (test images)" }),
       table(["FVU", "MSE", "mean L0", "dead", "dense", "ever active"], [[R.fvu, R.mse, R.l0, R.dead_fraction, R.dense_fraction, R.n_ever_active]])));
     if (O.gates) boxes.append(el("div", { class: "panel", id: "gates" }, el("h3", { text: "Quality gates" }),
-      table(["gate", "value", "needs", "result"], O.gates.map((g) => [g.name, g.value, g.bound,
-        el("span", { class: g.passed ? "pass" : "fail", text: g.passed ? "PASS" : "FAIL" })]))));
+      table(["gate", "value", "needs", "result", "note"], O.gates.map((g) => [g.name, g.value, g.bound,
+        el("span", { class: g.passed ? "pass" : "fail", text: g.passed ? "PASS" : "FAIL" }), g.note || ""]))));
     sec.append(boxes);
+    if (O.config.command) sec.append(el("p", {}, "Trained with ", el("code", { text: O.config.command.join(" ") })));
     const charts = el("div", { class: "grid", id: "curves" });
     for (const label of D.labels) {
       const C = O.concepts[label];

@@ -107,9 +107,9 @@ def comparison(analysis: Path, labels: list[str]) -> dict[str, Any] | None:
 
 
 def run_config(run: Path) -> dict[str, Any]:
-    """The SAE run's ``cfg.json`` and, when present, its training config and last logged metrics."""
-    out: dict[str, Any] = {"cfg": _json(run / "cfg.json") or {}}
-    for name in ("config.json", "train_config.json"):
-        if (cfg := _json(run / name)) is not None:
-            out["train"] = cfg
-    return out
+    """The SAE's ``cfg.json``, the training command (``config.json``) and the last logged metrics."""
+    train = _json(run / "config.json") or {}
+    log = run / "metrics.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return {"cfg": _json(run / "cfg.json") or {}, "command": train.get("command"),
+            "last_metrics": json.loads(lines[-1]) if lines else None}
