@@ -33,7 +33,7 @@
 
   /* ------------------------------------------------------------------ overview */
   function curveChart(label, curves, lp) {
-    const W = 420, H = 230, L = 44, R = 10, TOP = 12, B = 36;
+    const W = 420, H = 230, L = 44, R = 22, TOP = 12, B = 36;
     const ks = curves.on.map((p) => p[0]);
     const x = (i) => L + (i * (W - L - R)) / Math.max(ks.length - 1, 1);
     const all = [curves.on, curves.off, lp ? lp.on : [], lp ? lp.off : []].flat().map((p) => p[1]).filter((v) => v !== null);
@@ -100,7 +100,8 @@
   }
 
   /* ------------------------------------------------------------------ latent table */
-  const state = { sort: "freq", desc: true, page: 0, label: D.labels[0] || null, min: {}, text: "" };
+  const state = { sort: D.labels.length ? `score:${D.labels[0]}` : "freq", desc: true, page: 0, label: D.labels[0] || null,
+    min: {}, text: "" };
   const HELP = {
     id: "latent index", name: "top prompt from name_latents", freq: "fraction of the cached images on which it fires somewhere",
     mean: "mean over the images of its spatial-mean activation", max: "largest activation on any position",
@@ -170,7 +171,12 @@
     box.append(el("label", {}, "latent or name: ", el("input", { type: "search", id: "text-filter",
       on: { input: (e) => { state.text = e.target.value; state.page = 0; drawTable(); } } })));
     if (D.labels.length) box.append(el("label", {}, "concept: ", el("select", { id: "concept",
-      on: { change: (e) => { state.label = e.target.value; state.page = 0; drawTable(); } } },
+      on: { change: (e) => {  /* the sort and the filters follow the concept's columns */
+        const swap = (key) => (key.includes(":") ? `${key.split(":")[0]}:${e.target.value}` : key);
+        state.sort = swap(state.sort);
+        state.min = Object.fromEntries(Object.entries(state.min).map(([k, v]) => [swap(k), v]));
+        state.label = e.target.value; state.page = 0; drawTable();
+      } } },
       D.labels.map((l) => el("option", { value: l, text: l })))));
     box.append(el("span", { class: "muted", text: "click a header to sort, type a minimum under it to filter, click a row to open its card" }));
   }
