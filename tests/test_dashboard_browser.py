@@ -103,6 +103,8 @@ def test_page_renders_the_table_and_a_deep_linked_card_without_console_messages(
     assert int(table["data-total"]) == len(firing) == int(table["data-filtered"])
     rows = [int(a["data-latent"]) for a in dom.find("tr") if "data-latent" in a]
     assert len(rows) == min(PAGE_ROWS, len(firing)) and set(rows) == set(firing)
+    score = data["table"][f"score:{data['labels'][0]}"]  # the table opens sorted by it, best first
+    assert rows == [firing[r] for r in sorted(range(len(firing)), key=lambda r: (-score[r], firing[r]))]
 
     card = dom.find("aside", id="card")[0]
     assert card.get("hidden") is None
