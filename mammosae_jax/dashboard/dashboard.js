@@ -242,7 +242,8 @@
     C.img[r].forEach((i, t) => {
       if (i < 0) return;
       const I = D.images[String(i)];
-      const cap = `${I ? I.id : "image " + i} · ${I ? I.split : ""} · max ${fmt(C.val[r][t], 3)}`;
+      const short = I && I.id.length > 14 ? I.id.slice(0, 12) + "…" : (I ? I.id : `image ${i}`);
+      const cap = `${short} · ${I ? I.split : ""} · max ${fmt(C.val[r][t], 3)}`;
       if (!I) { shots.append(el("div", { class: "muted", text: cap })); return; }
       const height = 256, width = Math.round((height * I.hw[1]) / I.hw[0]);
       const shot = el("div", { class: "shot", style: `width:${width}px;height:${height}px`, "data-image": i },
