@@ -178,13 +178,14 @@ def test_without_stage_outputs_the_page_has_the_latents_only(world, tmp_path):
     ({"--run": "missing_run"}, "error: {tmp}/missing_run: no such file or folder"),
     ({"--cache": "missing_cache"}, "error: {tmp}/missing_cache is not a feature cache (no manifest.json); check the path or extract it first"),
     ({"--top-images": "0"}, "error: --top-images must be at least 1"),
+    ({"--localise-top": "-1"}, "error: --localise-top must be 0 or more"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(world, tmp_path, capsys, change, message):
     from mammosae_jax.cli.dashboard import main
 
     run = world[0]
     args = {"--run": str(run.run), "--cache": str(run.cache), "--out": str(tmp_path / "x.html")}
-    args.update({k: (v if k == "--top-images" else str(tmp_path / v)) for k, v in change.items()})
+    args.update({k: (str(tmp_path / v) if k in ("--run", "--cache") else v) for k, v in change.items()})
     assert main([t for kv in args.items() for t in kv]) == 2
     assert capsys.readouterr().err.strip() == message.format(tmp=tmp_path)
     assert not (tmp_path / "x.html").exists()

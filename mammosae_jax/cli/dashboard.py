@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(cfg, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if cfg.localise_top < 0:
+        print("error: --localise-top must be 0 or more", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     try:
         data = collect(cfg)
