@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("cache", "extract", "mammosae_jax")
 MAX_LINES = 400
 SHIMS = {f"mammosae_jax.{c}" for c in ("train", "sweep", "convert", "fit_head", "evaluate", "concepts", "intervene",
-                                       "visualize", "name_latents")} | {"mammosae_jax.__main__", "mammosae_jax.demo.__main__"}
+                                       "visualize", "name_latents")} | {"mammosae_jax.__main__", "mammosae_jax.demo.__main__",
+                                                              "mammosae_jax.dashboard.__main__"}
 """`python -m mammosae_jax.<command>` entry points: each only forwards to its `mammosae_jax.cli` module."""
 
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "intervene": "top-k latent interventions on a concept head",
     "visualize": "heatmaps, localisation scores and galleries of latents",
     "name_latents": "name latents with Mammo-CLIP's text encoder",
+    "dashboard": "one self-contained HTML page to browse a run's latents",
     "demo": "the whole pipeline on the embedded phantom data set",
 }
 """Every command and its one-line job (`python -m mammosae_jax` prints them)."""

@@ -13,8 +13,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cache.atomic import write_json_atomic
 from mammosae_jax.models.sae import INITS
 from mammosae_jax.models.variants import VARIANTS
+from mammosae_jax.dashboard.inputs import GATES_FILE
 from mammosae_jax.demo.compare import LP_DIR
 from mammosae_jax.demo.gates import SPECTRUM_FILE, GateResult, evaluate_gates
 from mammosae_jax.demo.report import write_report
@@ -181,9 +183,19 @@ def pipeline_stages(c: DemoConfig, encoder: str, data: Path, out: Path, prefix: 
     return stages
 
 
+DASHBOARD = "report.html"
+"""The dashboard page the demo writes beside report.md."""
+
+
+def dashboard_stage(out: Path, in_process: bool = True) -> Stage:
+    """`python -m mammosae_jax.dashboard` on the main pipeline (after the gates, which it shows)."""
+    return Stage("dashboard", python_module(
+        "mammosae_jax.dashboard", "--run", str(out / "sae_run"), "--cache", str(out / "cache"),
+        "--analysis", str(out), "--out", str(out / DASHBOARD)), out, in_process=in_process)
+
+
 def write_feature_spectrum(out: Path) -> None:
     """PCA bound on the test features' FVU at the SAE's L0 and at 5 % of its latents (see feature_spectrum)."""
-    from cache.atomic import write_json_atomic
     from cache.reader import open_cache
     from mammosae_jax.analysis.spectrum import split_pca_fvu
 
@@ -221,6 +233,14 @@ def run_demo(config: DemoConfig, out: Path, *, force: bool = False, in_process: 
     if config.compare == "linear-probe" and config.encoder != "linear-probe":
         write_feature_spectrum(out / LP_DIR)
     gates: list[GateResult] = evaluate_gates(out, config)
+    write_json_atomic(out / GATES_FILE, [asdict(g) for g in gates], indent=1)
+    try:  # rebuilt whenever a stage ran (its inputs changed) or the page is missing
+        result = run_stage(dashboard_stage(out, in_process), out / "logs",
+                           force=any(rerun.values()) or not (out / DASHBOARD).exists())
+        timings[result.name] = result.seconds
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     run_info = {
         "config": asdict(config),
         "stage_seconds": timings,
@@ -233,6 +253,6 @@ def run_demo(config: DemoConfig, out: Path, *, force: bool = False, in_process: 
         print(gate.line())
     print(f"\ntotal {run_info['total_seconds']:.0f} s (stages run now), peak memory {run_info['peak_memory_gb']:.2f} GB")
     print(f"gates: {sum(g.passed for g in gates)} of {len(gates)} PASS")
-    print(f"report: {report}")
+    print(f"report: {report} and {out / DASHBOARD}")
     print(f"outputs: {out.resolve()}")
     return 0

@@ -156,7 +156,10 @@ def write_report(out: Path, config: Any, gates: list[GateResult], run_info: dict
     """Write `out/report.md` atomically and return its path."""
     parts = ["# mammosae-jax demo on the phantom data set",
              f"Everything here ran on synthetic mammograms through an EfficientNet {config.arch.upper()} "
-             f"({ENCODER_TEXT[config.encoder]}) — the pipeline of Mammo-SAE end to end, not Mammo-CLIP's numbers."]
+             f"({ENCODER_TEXT[config.encoder]}) — the pipeline of Mammo-SAE end to end, not Mammo-CLIP's numbers.",
+             "Browse every latent that fires — its name, class means, top images with heatmaps and boxes, top "
+             "patches and single-latent attribution — in [report.html](report.html), one self-contained page "
+             "that opens offline (`report.html#latent=N` opens latent N's card)."]
     parts += _comparison_section(out, config)
     parts += ["## Quality gates", "```\n" + "\n".join(g.line() for g in gates) + "\n```",
              "## Run",
