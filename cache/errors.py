@@ -26,6 +26,10 @@ class CacheChecksumError(CacheError):
     """A file or array does not match the size or sha256 recorded in the manifest."""
 
 
+class CacheDamagedError(CacheError):
+    """The manifest or a shard is structurally broken (a field missing, counts that do not add up)."""
+
+
 class CacheNonFiniteError(CacheError):
     """Stored features contain NaN or Inf."""
 

@@ -26,7 +26,7 @@ def _plan(folder: Path) -> dict:
     for r, m in manifests.items():
         if m["world_size"] != world_size:
             raise CacheSettingsError(f"{folder}: rank {r} was run with world_size {m['world_size']}, "
-                                     f"rank 0 with {world_size}; re-extract with overwrite=True")
+                                     f"rank 0 with {world_size}; re-extract with --overwrite")
         diff = settings_diff(settings_of(first), settings_of(m))
         if diff:
             raise CacheSettingsError(f"{folder}: rank {r} differs from rank 0 ({'; '.join(diff)}); "
