@@ -12,8 +12,10 @@ import argparse
 import json
 import sys
 from typing import Sequence
+from cache.cli_errors import cli_main
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m extract.embed_prompts", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="Mammo-CLIP checkpoint with the text tower")

@@ -32,6 +32,7 @@ from extract.phantom_plan import (CSV_NAME, IMAGES_DIRNAME, SETTINGS_NAME, VIEWS
                                   hex_id, plan_breast, plan_view, rng_for)
 from extract.phantom_png import encode_png_gray8
 from extract.phantom_render import render
+from cache.cli_errors import cli_main
 
 # --------------------------------------------------------------------------- data set
 
@@ -206,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> PhantomConfig:
     )
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

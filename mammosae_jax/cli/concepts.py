@@ -24,8 +24,10 @@ from mammosae_jax.analysis.evaluation import resolve_head
 from mammosae_jax.analysis.heads import HeadError
 from mammosae_jax.analysis.ranking import SCORES, RankingError, write_ranking
 from mammosae_jax.viz.concept_figures import plot_class_means
+from cache.cli_errors import cli_main
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from cache import CacheError, open_cache
 

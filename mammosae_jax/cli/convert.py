@@ -18,6 +18,7 @@ from mammosae_jax.formats.common import FormatError
 from mammosae_jax.formats.hub import HUB_FILENAME, HUB_REPO
 
 from mammosae_jax.models.conversion import Converted, convert
+from cache.cli_errors import cli_main
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +50,7 @@ def _run(args: argparse.Namespace) -> Converted:
     return convert(args.src, args.dst, force=args.force)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:

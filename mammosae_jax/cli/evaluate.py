@@ -24,8 +24,10 @@ from mammosae_jax.analysis.concept_data import ConceptError, write_json
 from mammosae_jax.analysis.evaluation import evaluate, format_table, resolve_head
 from mammosae_jax.analysis.heads import HeadError
 from mammosae_jax.analysis.metrics import MetricsError
+from cache.cli_errors import cli_main
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from cache import CacheError, open_cache
 

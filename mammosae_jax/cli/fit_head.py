@@ -21,6 +21,7 @@ from mammosae_jax.analysis.heads import HeadError, head_logits, save_head
 from mammosae_jax.analysis.metrics import MetricsError, head_metrics
 
 from mammosae_jax.analysis.head_fit import C_GRID, FitConfig, cross_validated_scores, fit_head_arrays
+from cache.cli_errors import cli_main
 
 
 def _parse_C(text: str) -> float | None:
@@ -43,6 +44,7 @@ def _summary(name: str, labels, logits) -> str:
     return f"{name}: " + ", ".join(f"{k}={float(v):.4f}" for k, v in m._asdict().items())
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from cache import CacheError, open_cache
 

@@ -33,6 +33,7 @@ from cache.atomic import write_csv_atomic
 from mammosae_jax.analysis.concept_data import write_json
 from mammosae_jax.analysis.intervention_run import InterventionResult, headline, run_interventions
 from mammosae_jax.viz.concept_figures import plot_sweep
+from cache.cli_errors import cli_main
 
 
 def write_ablation_csv(path: Path, ablation_nC: np.ndarray) -> None:
@@ -68,6 +69,7 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from cache import CacheError, open_cache
 

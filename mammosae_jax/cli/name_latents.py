@@ -33,6 +33,7 @@ from mammosae_jax.viz.concept_figures import plot_similarities
 from cache.atomic import write_csv_atomic as write_csv
 from mammosae_jax.analysis.naming_run import (Selection, default_cache_dir, format_table, matches_rows, names_rows,
                                               parse_latent_ids, prompt_embeddings, select_from_ranking)
+from cache.cli_errors import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +129,7 @@ def run(a: argparse.Namespace) -> dict:
     return summary
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from mammosae_jax.formats.common import FormatError
     from mammosae_jax.analysis.ranking import RankingError

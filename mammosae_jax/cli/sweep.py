@@ -18,6 +18,7 @@ from typing import Sequence
 
 from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.cli.options import add_train_options
+from cache.cli_errors import cli_main
 
 EPILOG = """examples:
   python -m mammosae_jax.sweep --cache feats/ --out sweeps/l1 --variant relu --l1 1e-5,3e-5,1e-4 --expansion 8 --epochs 20
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import cache as cache_lib

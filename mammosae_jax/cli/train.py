@@ -13,6 +13,7 @@ from typing import Sequence
 
 from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.cli.options import add_train_options, sae_config_from_args
+from cache.cli_errors import cli_main
 
 EPILOG = """examples:
   python -m mammosae_jax.train --cache feats/ --out runs/relu --epochs 200 --token-fraction 0.25
@@ -60,6 +61,7 @@ def _init_distributed(args: argparse.Namespace) -> None:
                                    num_processes=args.num_processes, process_id=args.process_id)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import cache as cache_lib

@@ -34,6 +34,7 @@ RULES = ("threshold", "percentile")
 BOX_COLUMNS = ("resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax")
 
 from mammosae_jax.viz.localize_run import VisualizeConfig, VisualizeError, run
+from cache.cli_errors import cli_main
 
 
 def _latent_list(text: str) -> tuple[int, ...]:
@@ -109,6 +110,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; bad input prints one ``error:`` line and exits with status 2."""
     args = build_parser().parse_args(argv)
