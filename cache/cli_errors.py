@@ -14,7 +14,8 @@ a full disk, a missing folder) and those given as `@cli_main(extra=(SomeError,))
 `error: <message>` and exit 2. Ctrl-C prints `error: interrupted` and exits 130. Anything else
 is a bug: its traceback is shown as usual. `--debug` anywhere on the command line (or
 MAMMOSAE_DEBUG=1) shows the traceback of known errors too; the flag is removed before the
-command parses its arguments. Standard library only, so `extract/` and `mammosae_jax/` share it.
+command parses its arguments. A command's own `except` blocks call `print_error(e)` so that
+`--debug` shows their tracebacks as well. Standard library only, so `extract/` and `mammosae_jax/` share it.
 """
 from __future__ import annotations
 
@@ -37,14 +38,24 @@ def is_known(exc: BaseException, extra: tuple[type[BaseException], ...] = ()) ->
                if issubclass(cls, Exception) and cls is not Exception)
 
 
+_debug = [False]  # set by cli_main for the command it runs
+
+
 def error_line(exc: BaseException) -> str:
     """`error: <message>` on one line (the message's lines joined; the class name if it is empty)."""
-    text = " ".join(str(exc).split()) if str(exc).strip() else type(exc).__name__
+    text = " ".join(str(exc).strip().splitlines()) if str(exc).strip() else type(exc).__name__
     if isinstance(exc, KeyError) and exc.args:
         text = f"missing key {exc.args[0]!r}"
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{exc.filename}: {text}"
     return f"error: {text}"
+
+
+def print_error(exc: BaseException) -> None:
+    """Print `error: <message>` to stderr, after the traceback under --debug (for a CLI's own handlers)."""
+    if _debug[0]:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(error_line(exc), file=sys.stderr)
 
 
 def _split_debug(argv: Sequence[str] | None) -> tuple[list[str] | None, bool]:
@@ -61,6 +72,7 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
         @functools.wraps(main)
         def run(argv: Sequence[str] | None = None, *args: Any, **kwargs: Any) -> Any:
             argv, debug = _split_debug(argv)
+            _debug[0] = debug
             try:
                 return main(argv, *args, **kwargs)
             except KeyboardInterrupt:
@@ -71,9 +83,7 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
             except Exception as exc:  # noqa: BLE001 - sorted into known errors and bugs below
                 if not is_known(exc, extra):
                     raise
-                if debug:
-                    traceback.print_exc()
-                print(error_line(exc), file=sys.stderr)
+                print_error(exc)
                 raise SystemExit(2) from None
         return run
     return wrap(func) if func is not None else wrap

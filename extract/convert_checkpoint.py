@@ -16,7 +16,7 @@ from pathlib import Path
 from extract.checkpoints import CheckpointError, infer_arch, load_encoder_state, read_checkpoint, write_safetensors
 from extract.encoder import build_encoder
 from extract.extract_checks import output_file_problem
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 
 def convert(src: str, dst: str, label: str | None = None) -> str:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         arch = convert(args.src, args.dst, args.label)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         sys.exit(2)
     print(f"wrote {args.dst} (EfficientNet-{arch.upper()})")
 

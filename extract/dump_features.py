@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cache import CacheError, CacheWriter, merge_ranks, rank_block
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 from extract.calibration import RANDOM_WEIGHTS_LABEL, calibration_indices, random_calibrated_encoder
 from extract.checkpoints import (CheckpointError, EncoderCheckpoint, checkpoint_arch, load_encoder_state,
                                  read_checkpoint)
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         summary = extract(config_from_args(args))
     except (ExtractError, ImageError, CheckpointError, CacheError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         sys.exit(2)
     finally:
         if dist.is_available() and dist.is_initialized():

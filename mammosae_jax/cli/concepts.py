@@ -24,7 +24,7 @@ from mammosae_jax.analysis.evaluation import resolve_head
 from mammosae_jax.analysis.heads import HeadError
 from mammosae_jax.analysis.ranking import SCORES, RankingError, write_ranking
 from mammosae_jax.viz.concept_figures import plot_class_means
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 
 @cli_main
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"class {c} ({int(stats.counts_C[c])} {a.per}s): {top}")
         print("wrote " + ", ".join(str(x) for x in [*paths, fig]))
     except (ConceptError, RankingError, CacheError, FormatError, HeadError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

@@ -18,7 +18,7 @@ from mammosae_jax.formats.common import FormatError
 from mammosae_jax.formats.hub import HUB_FILENAME, HUB_REPO
 
 from mammosae_jax.models.conversion import Converted, convert
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
     if error is not None:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(error)
         return 2
     c = done.sae.config
     print(f"wrote {done.path} (d_in={c.d_in}, n_latents={c.n_latents}, variant={c.variant})")

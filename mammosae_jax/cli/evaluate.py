@@ -24,7 +24,7 @@ from mammosae_jax.analysis.concept_data import ConceptError, write_json
 from mammosae_jax.analysis.evaluation import evaluate, format_table, resolve_head
 from mammosae_jax.analysis.heads import HeadError
 from mammosae_jax.analysis.metrics import MetricsError
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 
 @cli_main
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         print(format_table(ev))
         print(f"wrote {out}")
     except (ConceptError, HeadError, MetricsError, CacheError, FormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

@@ -21,7 +21,7 @@ from mammosae_jax.analysis.heads import HeadError, head_logits, save_head
 from mammosae_jax.analysis.metrics import MetricsError, head_metrics
 
 from mammosae_jax.analysis.head_fit import C_GRID, FitConfig, cross_validated_scores, fit_head_arrays
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 
 def _parse_C(text: str) -> float | None:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             test = cache.split_indices(a.test_split)
             print(_summary(f"{a.test_split} ({len(test)} images)", labels[test], head_logits(head, pooled[test])))
     except (ConceptError, HeadError, CacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

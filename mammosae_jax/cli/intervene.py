@@ -33,7 +33,7 @@ from cache.atomic import write_csv_atomic
 from mammosae_jax.analysis.concept_data import write_json
 from mammosae_jax.analysis.intervention_run import InterventionResult, headline, run_interventions
 from mammosae_jax.viz.concept_figures import plot_sweep
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 
 def write_ablation_csv(path: Path, ablation_nC: np.ndarray) -> None:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  --exact: max |identity - exact| logit difference = {result.max_abs_diff_exact:.3g}")
         print("wrote " + ", ".join(str(x) for x in paths))
     except (ConceptError, HeadError, RankingError, MetricsError, CacheError, FormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

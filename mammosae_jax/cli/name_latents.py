@@ -33,7 +33,7 @@ from mammosae_jax.viz.concept_figures import plot_similarities
 from cache.atomic import write_csv_atomic as write_csv
 from mammosae_jax.analysis.naming_run import (Selection, default_cache_dir, format_table, matches_rows, names_rows,
                                               parse_latent_ids, prompt_embeddings, select_from_ranking)
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(a)
     except (NamingError, PromptError, PromptEmbeddingError, FormatError, RankingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

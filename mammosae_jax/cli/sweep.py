@@ -18,7 +18,7 @@ from typing import Sequence
 
 from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.cli.options import add_train_options
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 EPILOG = """examples:
   python -m mammosae_jax.sweep --cache feats/ --out sweeps/l1 --variant relu --l1 1e-5,3e-5,1e-4 --expansion 8 --epochs 20
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json_atomic(out / SUMMARY, summary)
     except (SweepError, TrainError, DataError, FormatError, cache_lib.CacheError, ConceptError, HeadError,
             MetricsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     print(format_table(rows, front))
     if concept is not None:

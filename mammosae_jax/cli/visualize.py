@@ -34,7 +34,7 @@ RULES = ("threshold", "percentile")
 BOX_COLUMNS = ("resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax")
 
 from mammosae_jax.viz.localize_run import VisualizeConfig, VisualizeError, run
-from cache.cli_errors import cli_main
+from cache.cli_errors import cli_main, print_error
 
 
 def _latent_list(text: str) -> tuple[int, ...]:
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run(config_from_args(args))
     except _known_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
     with pd.option_context("display.width", 160, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print(result.table.to_string(index=False))
