@@ -2,6 +2,7 @@
 
     with FolderLock(run_dir):          # a second writer gets FolderBusyError at once
         ...write run_dir...
+    lock = lock_output(args.out)       # a CLI: held until released (or the process ends)
 
 The lock is a flock(2) on `<folder>/<name>` (default `write.lock`) that records the holder's pid.
 The kernel releases a flock when its process dies, so a lock left by a process killed with
@@ -14,7 +15,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import CacheBusyError
+from .errors import CacheBusyError, CacheInputError
 
 LOCK_FILE = "write.lock"
 
@@ -34,7 +35,7 @@ class FolderLock:
 
     def acquire(self) -> "FolderLock":
         if self.folder.exists() and not self.folder.is_dir():
-            raise FolderBusyError(f"{self.folder} is a file, not a folder; choose another output path")
+            raise CacheInputError(f"{self.folder} is a file, not a folder; choose another output path")
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -60,6 +61,19 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def lock_output(path: str | os.PathLike, *, is_file: bool = False, what: str = "written") -> FolderLock:
+    """Lock a command's output folder (or one output file, by a lock beside it) until released or exit."""
+    path = Path(path)
+    if is_file:
+        if path.is_dir():
+            raise CacheInputError(f"{path} is a folder; give the output file's name")
+        return FolderLock(path.parent, f".{path.name}.lock", what=what).acquire()
+    return FolderLock(path, what=what).acquire()
 
 
 def lock_is_held(path: Path) -> str | None:

@@ -22,6 +22,7 @@ from mammosae_jax.analysis.metrics import MetricsError, head_metrics
 
 from mammosae_jax.analysis.head_fit import C_GRID, FitConfig, cross_validated_scores, fit_head_arrays
 from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 
 def _parse_C(text: str) -> float | None:
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-split", default="test", help="split to report on if present (default: test)")
     a = p.parse_args(argv)
     try:
+        lock = lock_output(a.out, is_file=True)  # noqa: F841 - held until main returns
         cache = open_cache(a.cache)
         check_label(cache, a.label)
         pooled = cache.pooled()

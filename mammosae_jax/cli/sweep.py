@@ -19,6 +19,7 @@ from typing import Sequence
 from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.cli.options import add_train_options
 from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 EPILOG = """examples:
   python -m mammosae_jax.sweep --cache feats/ --out sweeps/l1 --variant relu --l1 1e-5,3e-5,1e-4 --expansion 8 --epochs 20
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out)
     try:
+        lock = lock_output(out, what="trained")  # noqa: F841 - held until main returns
         if (out / SUMMARY).exists():
             raise SweepError(f"{out} already holds a finished sweep ({SUMMARY}); choose a new --out")
         feats = cache_lib.open_cache(args.cache)
