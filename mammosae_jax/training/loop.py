@@ -28,6 +28,7 @@ from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
 from mammosae_jax.training.mesh import DataParallel, make_data_parallel
+from mammosae_jax.training.metric_window import load_window, save_window
 from mammosae_jax.training.resample import resample_dead, token_losses
 from mammosae_jax.training.resume_check import ResumeError, check_resume, content_id, run_lock
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
@@ -179,7 +180,7 @@ class _Trainer:
         tc, step = self.tc, int(state.step)
         bar = tqdm(total=self.total, initial=step, unit="step", disable=not progress or self.pid != 0,
                    dynamic_ncols=True)
-        acc, n_acc, waited, t_start = None, 0, 0.0, time.perf_counter()
+        (acc, n_acc), waited, t_start = load_window(self.out, step, StepMetrics), 0.0, time.perf_counter()
         try:
             while step < self.total:
                 epoch, skip = divmod(step, self.spe)
@@ -211,6 +212,8 @@ class _Trainer:
                                 state = self.resample(state, epoch, step)
                             self.last_val = self.validate(state, epoch, step) or self.last_val
                         if step % tc.checkpoint_every == 0 or step == self.total:
+                            if self.pid == 0:
+                                save_window(self.out, step, acc, n_acc)  # a resume continues this window
                             self.save(ckpt, state, step)
                         t_start += time.perf_counter() - t_side  # throughput counts training only
                 finally:
