@@ -1,7 +1,7 @@
 """Versioned, sharded, resumable HDF5 feature cache (format: cache/README.md). numpy + h5py only."""
 from .errors import (CacheBusyError, CacheChecksumError, CacheDamagedError, CacheError, CacheIncompleteError, CacheInputError,
                      CacheMissingShardError, CacheNonFiniteError, CacheNotFoundError, CacheSettingsError,
-                     CacheVersionError)
+                     CacheVersionError, CacheWriteError)
 from .format import FORMAT_VERSION, rank_block
 from .head import Head
 from .lock import FolderBusyError, FolderLock
@@ -14,5 +14,6 @@ __all__ = [
     "FORMAT_VERSION", "CacheWriter", "open_cache", "FeatureCache", "TokenBatch", "TokenStream", "Head",
     "VerifyResult", "merge_ranks", "rank_block", "FolderLock", "FolderBusyError",
     "CacheError", "CacheNotFoundError", "CacheVersionError", "CacheIncompleteError", "CacheMissingShardError",
-    "CacheChecksumError", "CacheDamagedError", "CacheNonFiniteError", "CacheSettingsError", "CacheBusyError", "CacheInputError",
+    "CacheChecksumError", "CacheDamagedError", "CacheNonFiniteError", "CacheSettingsError", "CacheBusyError",
+    "CacheInputError", "CacheWriteError",
 ]

@@ -15,7 +15,9 @@ a full disk, a missing folder) and those given as `@cli_main(extra=(SomeError,))
 is a bug: its traceback is shown as usual. `--debug` anywhere on the command line (or
 MAMMOSAE_DEBUG=1) shows the traceback of known errors too; the flag is removed before the
 command parses its arguments. A command's own `except` blocks call `print_error(e)` so that
-`--debug` shows their tracebacks as well. Standard library only, so `extract/` and `mammosae_jax/` share it.
+`--debug` shows their tracebacks as well. After a failed HDF5 write (disk full) the HDF5 library
+crashes when Python shuts down, so the wrapper then ends the process at once with os._exit
+(after flushing stdout/stderr; the lock files are released by the kernel). Standard library only, so `extract/` and `mammosae_jax/` share it.
 """
 from __future__ import annotations
 
@@ -58,6 +60,15 @@ def print_error(exc: BaseException) -> None:
     print(error_line(exc), file=sys.stderr)
 
 
+def _exit_now_if_hdf5_failed(code: Any) -> None:
+    """After a failed HDF5 write the library segfaults at interpreter exit: end the process here instead."""
+    writer = sys.modules.get("cache.write_support")
+    if writer is not None and writer.hdf5_write_failed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 2)
+
+
 def _split_debug(argv: Sequence[str] | None) -> tuple[list[str] | None, bool]:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in args or os.environ.get("MAMMOSAE_DEBUG", "") not in ("", "0")
@@ -75,6 +86,9 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
             _debug[0] = debug
             try:
                 return main(argv, *args, **kwargs)
+            except SystemExit as exc:
+                _exit_now_if_hdf5_failed(exc.code)
+                raise
             except KeyboardInterrupt:
                 if debug:
                     traceback.print_exc()
@@ -84,6 +98,7 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
                 if not is_known(exc, extra):
                     raise
                 print_error(exc)
+                _exit_now_if_hdf5_failed(2)
                 raise SystemExit(2) from None
         return run
     return wrap(func) if func is not None else wrap

@@ -42,5 +42,9 @@ class CacheBusyError(CacheError):
     """Another live process holds the write lock of this cache (or rank)."""
 
 
+class CacheWriteError(CacheError, OSError):
+    """Writing the cache failed (disk full, file size limit, I/O error); the complete shards resume."""
+
+
 class CacheInputError(CacheError, ValueError):
     """Arguments given to the writer or reader have the wrong shape, type or value."""

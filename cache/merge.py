@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import CacheBusyError, CacheIncompleteError, CacheMissingShardError, CacheNotFoundError, CacheSettingsError
 from .format import (MANIFEST, MERGE_PLAN, atomic_write_json, fsync_dir, lock_name, rank_manifests,
                      read_manifest, settings_diff, settings_of, shard_name)
-from .writer import lock_is_held
+from .lock import lock_is_held
 
 
 def _plan(folder: Path) -> dict:

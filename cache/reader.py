@@ -21,7 +21,7 @@ from .head import Head, read_head
 from .integrity import check_fingerprint, check_manifest, check_shard_count
 from .prefetch import Prefetcher
 from .tokens import (Run, TokenStream, epoch_order, make_runs, partition_runs, token_batches, tokens_per_image)
-from .writer import lock_is_held
+from .lock import lock_is_held
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,45 +11,18 @@ import h5py
 import numpy as np
 
 from .convert import all_finite
-from .errors import (CacheChecksumError, CacheError, CacheInputError,
-                     CacheMissingShardError, CacheSettingsError)
+from .errors import CacheChecksumError, CacheError, CacheInputError, CacheMissingShardError, CacheSettingsError
 from .format import (DTYPES, FORMAT_VERSION, HEAD_FILE, MANIFEST, MERGE_PLAN, ROWS_FILE,
                      atomic_write_json, fsync_dir, lock_name, manifest_name, rank_manifests,
                      read_manifest, settings_diff, settings_of, sha256_array, sha256_file,
                      sha256_strings, shard_name)
 from .head import Head, write_head
 from .integrity import check_manifest
-from .lock import FolderLock, lock_is_held  # noqa: F401 - lock_is_held used by reader, merge
+from .lock import FolderLock
+from .write_support import (HDF5_WRITE_FAILED, check_room, default_producer, mute_hdf5_dealloc_errors, plain,
+                            rows_table, write_error)
 
 STRING = h5py.string_dtype("utf-8")
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-normalise settings (tuples -> lists, numpy scalars -> Python), so they compare equal after a reload."""
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
-
-
-def _jsonable(value: Any) -> Any:
-    """One row-table cell as JSON: numpy scalars unwrapped, NaN -> null, containers recursed."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if (isinstance(value, float) and not math.isfinite(value)) or type(value).__name__ in ("NAType", "NaTType"):
-        return None
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def _default_producer(extra: Mapping[str, Any] | None) -> dict:
-    try:
-        version = metadata.version("mammosae-jax")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return _plain({"package": "mammosae-jax", "version": version, "command": sys.argv, **(extra or {})})
 
 
 def cache_files(folder: Path, rank: int | None = None, *, everything: bool = False) -> list[Path]:
@@ -67,21 +37,6 @@ def cache_files(folder: Path, rank: int | None = None, *, everything: bool = Fal
         if everything and (is_rank or is_global) or mine or (rank in (None, 0) and is_global):
             out.append(p)
     return out
-
-
-def rows_table(rows: Any) -> dict:
-    """A row table (DataFrame or mapping column -> list) as rows.json stores it: columns, dtypes, data."""
-    columns = [str(c) for c in rows.columns] if hasattr(rows, "columns") else [str(c) for c in rows]
-    if "image_index" not in columns:
-        raise CacheInputError(f"the row table needs an 'image_index' column; it has {columns}")
-    data, dtypes = {}, {}
-    for c in columns:
-        col = rows[c]
-        dtypes[c] = str(getattr(col, "dtype", "object"))
-        data[c] = _jsonable(list(col.tolist() if hasattr(col, "tolist") else col))
-    if any(not isinstance(v, int) or v < 0 for v in data["image_index"]):
-        raise CacheInputError("image_index must hold non-negative integers")
-    return {"columns": columns, "dtypes": dtypes, "data": data}
 
 
 @dataclass
@@ -125,11 +80,11 @@ class CacheWriter:
         self.path = Path(path)
         self.rank, self.world_size = rank, world_size
         self._tag = None if world_size == 1 else rank
-        self._settings = _plain({"grid": list(grid), "dim": int(dim), "dtype": dtype,
+        self._settings = plain({"grid": list(grid), "dim": int(dim), "dtype": dtype,
                                  "label_names": list(label_names), "encoder": dict(encoder or {}),
                                  "preprocessing": dict(preprocessing or {}), "shard_size": int(shard_size),
                                  "fingerprint": None if fingerprint is None else dict(fingerprint)})
-        self._producer = _default_producer(producer)
+        self._producer = default_producer(producer)
         self._open: _OpenShard | None = None
         self._done = False  # a rank writer that found its work already merged
         self._closed = False
@@ -259,6 +214,7 @@ class CacheWriter:
         if not all_finite(stored):
             raise CacheInputError(f"feature values exceed the float16 range (max |x| = {np.abs(maps32).max():.4g}); "
                                   "write the cache with dtype='float32'")
+        self._check_room(stored.nbytes)
         start = 0
         try:
             while start < n:
@@ -271,11 +227,13 @@ class CacheWriter:
                 start += take
                 if self._open.n == s["shard_size"]:
                     self._finish_shard()
-        except BaseException:  # a failed write leaves the open shard half-written: drop it, keep complete ones
+        except BaseException as exc:  # a failed write leaves the open shard half-written: drop it, keep complete ones
             if self._open is not None:
                 self._discard(self._open)
                 self._open = None
-            raise
+            if (err := self._write_error(exc)) is exc:
+                raise
+            raise err from exc
 
     def _new_shard(self) -> _OpenShard:
         final = self.path / shard_name(len(self._manifest["shards"]), self._tag)
@@ -305,17 +263,26 @@ class CacheWriter:
         shard, self._open = self._open, None
         try:
             self._write_shard(shard)
-        except BaseException:
+        except BaseException as exc:
             self._discard(shard)
-            raise
+            if (err := self._write_error(exc)) is exc:
+                raise
+            raise err from exc
+
+    def _check_room(self, nbytes: int) -> None:
+        check_room(self.path, self._open.tmp if self._open is not None else None, nbytes, self.n_complete)
+
+    def _write_error(self, exc: BaseException) -> BaseException:
+        return write_error(exc, self.path, self.n_complete)
 
     @staticmethod
     def _discard(shard: _OpenShard) -> None:
         """Close and delete a shard that will not be finished (empty, or its writes failed)."""
         try:
             shard.h5.close()
-        except Exception:  # noqa: BLE001 - the file is deleted next; h5py may fail to flush it
-            pass
+        except Exception:  # noqa: BLE001 - HDF5 cannot flush it; the CLI then exits at once
+            HDF5_WRITE_FAILED.append(shard)
+            mute_hdf5_dealloc_errors()
         shard.tmp.unlink(missing_ok=True)
 
     def _write_shard(self, shard: _OpenShard) -> None:

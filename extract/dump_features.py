@@ -191,7 +191,8 @@ def prepare_model(cfg: ExtractConfig, table: ImageTable, device: torch.device):
                             "compute": "bfloat16 autocast" if cfg.amp else "float32"}
     if ckpt is not None:
         load_encoder_state(model, ckpt.encoder, str(cfg.checkpoint))
-        info.update(weights=f"Mammo-CLIP ({ckpt.layout})", checkpoint_meta=ckpt.meta)
+        info.update(weights=f"Mammo-CLIP ({ckpt.layout})",  # the file's name is in the producer, its sha256 in
+                    checkpoint_meta={k: v for k, v in ckpt.meta.items() if k != "source_file"})  # the fingerprint
         model = model.to(device)
     else:
         calib = calibration_indices(len(table.paths), cfg.calib_images)

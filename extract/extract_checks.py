@@ -18,7 +18,7 @@ import torch
 
 from cache.format import rows_digest, sha256_file
 from cache.integrity import image_list_digest
-from cache.writer import rows_table
+from cache.write_support import rows_table
 
 FINGERPRINT_VERSION = 1
 

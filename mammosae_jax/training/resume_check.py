@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 # fields that may differ when resuming (they do not change the computation)
 RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_every", "prefetch",
