@@ -34,28 +34,28 @@ def extraction_fingerprint(checkpoint: Path | None, split: str, limit: int | Non
             "rows_sha256": rows_digest(rows_table(rows))}
 
 
+def _blocked_by(path: Path) -> str | None:
+    """Why files cannot be created under `path`: its first existing ancestor is a file or read-only."""
+    for folder in (path, *path.parents):  # missing folders are created; the first existing one decides
+        if folder.exists():
+            if not folder.is_dir():
+                return f"{folder} is a file"
+            return None if os.access(folder, os.W_OK) else f"{folder} is not writable"
+    return None
+
+
 def output_folder_problem(out: Path) -> str | None:
-    """Why `out` cannot be a cache folder (a file, or under a file), or None."""
+    """Why `out` cannot be a cache folder (a file, under a file, read-only), or None."""
     if out.exists() and not out.is_dir():
         return f"--out {out} is an existing file, not a folder; choose another --out"
-    for parent in out.parents:
-        if parent.exists():
-            return None if parent.is_dir() else f"--out {out} is inside {parent}, which is a file"
-    return None
+    return None if (why := _blocked_by(out)) is None else f"cannot write --out {out}: {why}"
 
 
 def output_file_problem(dst: Path) -> str | None:
-    """Why `dst` cannot be written as a file (a folder, or its folder is missing or a file), or None."""
+    """Why `dst` cannot be written as a file (a folder, under a file, read-only), or None."""
     if dst.is_dir():
         return f"{dst} is a folder; give the output file's name"
-    parent = dst.parent if str(dst.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        return f"cannot write {dst}: {parent} is a file"
-    if not parent.exists():
-        return f"cannot write {dst}: the folder {parent} does not exist"
-    if not os.access(parent, os.W_OK):
-        return f"cannot write {dst}: the folder {parent} is not writable"
-    return None
+    return None if (why := _blocked_by(dst.parent)) is None else f"cannot write {dst}: {why}"
 
 
 def warn_constant_images(x_BCHW: torch.Tensor, paths: list[Path], indices: list[int], warned: set[int]) -> None:

@@ -229,7 +229,7 @@ def test_out_that_is_a_file_is_refused_before_any_work(data, classifier, tmp_pat
     assert run_error(capsys, cli(data, out, "--checkpoint", str(classifier[0]))) == (
         f"error: --out {out} is an existing file, not a folder; choose another --out")
     assert run_error(capsys, cli(data, out / "sub", "--checkpoint", str(classifier[0]))) == (
-        f"error: --out {out / 'sub'} is inside {out}, which is a file")
+        f"error: cannot write --out {out / 'sub'}: {out} is a file")
     assert out.read_text() == "not a folder"
 
 
