@@ -20,15 +20,21 @@ def sae_config_from_args(cls: type, args: argparse.Namespace, **values: Any) -> 
     return cls(**{**given, **values})
 
 
-def positive_int(text: str) -> int:
-    """argparse type of a count flag (--top, --batch-size, ...): an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def at_least(minimum: int):
+    """argparse type of a count flag (--top, --batch-size, ...): an integer >= `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive_int, non_negative_int = at_least(1), at_least(0)
 
 
 STEPS_OR_EPOCHS = ("epochs", "steps")

@@ -34,7 +34,7 @@ RULES = ("threshold", "percentile")
 BOX_COLUMNS = ("resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax")
 
 from mammosae_jax.viz.localize_run import VisualizeConfig, VisualizeError, run
-from mammosae_jax.cli.options import positive_int
+from mammosae_jax.cli.options import non_negative_int, positive_int
 from cache.cli_errors import cli_main, print_error
 from cache.lock import lock_output
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking-suffix", help="ranking file suffix (e.g. finetuned) if the folder holds several")
     p.add_argument("--top", type=positive_int, default=10, help="top-ranked latents to study (default: %(default)s)")
     p.add_argument("--class", dest="cls", metavar="C", type=int, default=1, help="ranking class (default: %(default)s)")
-    p.add_argument("--n-images", type=positive_int, default=11,
+    p.add_argument("--n-images", type=non_negative_int, default=11,
                    help="ground-truth images to draw; all are scored (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=0.3,
                    help="reference box rule: heatmap > threshold * max (default: %(default)s)")
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image score that ranks images for AP (default: %(default)s)")
     p.add_argument("--ap-iou", type=float, default=0.3,
                    help="IoU a ground-truth image's best box needs to be an AP hit (default: %(default)s)")
-    p.add_argument("--gallery-size", type=positive_int, default=16, help="patches per gallery (default: %(default)s)")
+    p.add_argument("--gallery-size", type=non_negative_int, default=16, help="patches per gallery (default: %(default)s)")
     p.add_argument("--window", type=positive_int, default=192, help="gallery patch side in pixels (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per cache batch (default: %(default)s)")
     return p
