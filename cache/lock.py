@@ -2,7 +2,7 @@
 
     with FolderLock(run_dir):          # a second writer gets FolderBusyError at once
         ...write run_dir...
-    lock = lock_output(args.out)       # a CLI: held until released (or the process ends)
+    lock = lock_output(args.out)       # a CLI: `.out.lock` beside it, held until released or exit
 
 The lock is a flock(2) on `<folder>/<name>` (default `write.lock`) that records the holder's pid.
 The kernel releases a flock when its process dies, so a lock left by a process killed with
@@ -27,10 +27,12 @@ class FolderBusyError(CacheBusyError):
 class FolderLock:
     """Exclusive, non-blocking lock of `folder` (created if missing); a context manager."""
 
-    def __init__(self, folder: str | os.PathLike, name: str = LOCK_FILE, *, what: str = "written"):
+    def __init__(self, folder: str | os.PathLike, name: str = LOCK_FILE, *, what: str = "written",
+                 subject: str | os.PathLike | None = None):
         self.folder = Path(folder)
         self.path = self.folder / name
         self.what = what
+        self.subject = self.folder if subject is None else Path(subject)  # what the messages call locked
         self.fd = -1
 
     def acquire(self) -> "FolderLock":
@@ -43,7 +45,7 @@ class FolderLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise FolderBusyError(f"{self.folder} is being {self.what} by another live process (pid {holder}); "
+            raise FolderBusyError(f"{self.subject} is being {self.what} by another live process (pid {holder}); "
                                   "wait for it to finish or stop it, or use another output folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -67,13 +69,17 @@ class FolderLock:
 
 
 def lock_output(path: str | os.PathLike, *, is_file: bool = False, what: str = "written") -> FolderLock:
-    """Lock a command's output folder (or one output file, by a lock beside it) until released or exit."""
+    """Lock a command's output (folder or file) until released or the process ends.
+
+    The lock file is `.<name>.lock` beside the output, so a command that then fails on its input
+    leaves no output folder behind.
+    """
     path = Path(path)
-    if is_file:
-        if path.is_dir():
-            raise CacheInputError(f"{path} is a folder; give the output file's name")
-        return FolderLock(path.parent, f".{path.name}.lock", what=what).acquire()
-    return FolderLock(path, what=what).acquire()
+    if is_file and path.is_dir():
+        raise CacheInputError(f"{path} is a folder; give the output file's name")
+    if not is_file and path.exists() and not path.is_dir():
+        raise CacheInputError(f"{path} is a file, not a folder; choose another output path")
+    return FolderLock(path.parent, f".{path.name}.lock", what=what, subject=path).acquire()
 
 
 def lock_is_held(path: Path) -> str | None:

@@ -96,7 +96,9 @@ def test_resume_with_another_train_split_is_refused(tiny_cache, tmp_path, capsys
                              "'training', now 'test'")
 
 
-HOLD = "import sys, time; from cache.lock import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+HOLD = ("import sys, time; from cache.lock import FolderLock, lock_output; "
+        "lock = lock_output(sys.argv[1]) if sys.argv[2:] == ['output'] else FolderLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)")
 
 
 def test_a_second_trainer_of_one_run_folder_is_refused_and_a_killed_ones_lock_is_taken(tiny_cache, tmp_path, capsys):
@@ -140,3 +142,21 @@ def test_each_bad_numeric_flag_is_one_error_line_before_any_work(tiny_cache, tmp
     rc, err = _run(capsys, argv)
     assert rc == 2 and err == [f"error: {message}"]
     assert not out.exists()
+
+
+def test_a_second_sweep_into_one_folder_is_refused(tiny_cache, tmp_path, capsys):
+    from mammosae_jax.cli.sweep import main as sweep_main
+
+    out = tmp_path / "sweep"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "output"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        rc = sweep_main(["--cache", str(tiny_cache), "--out", str(out), "--variant", "topk", "--k", "4",
+                         "--lr", "1e-2", "--expansion", "2", "--steps", "2", "--batch-size", "16", "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == [f"error: {out} is being trained by another live process (pid {holder.pid}); "
+                                   "wait for it to finish or stop it, or use another output folder"]
+        assert not out.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

@@ -37,6 +37,8 @@ def _number_list(kind: type, what: str):
             values = tuple(kind(v) for v in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}") from None
+        if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+            raise argparse.ArgumentTypeError(f"values must be finite, got {text!r}")
         if any(v <= 0 for v in values):
             raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
         if len(set(values)) != len(values):

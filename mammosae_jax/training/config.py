@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,10 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
 def check_range(name: str, value: float | None, rule: tuple[float | None, bool, float | None, bool],
                 flag: str | None = None) -> None:
     """ValueError naming the flag (`--token-fraction`) unless `value` is finite and inside `rule`."""
-    if value is None:
-        return
+    if value is None or not isinstance(value, numbers.Real):
+        return  # e.g. a traced lr in the sweep's vmapped optimiser: the sweep checked the grid's values
     low, low_in, high, high_in = rule
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (low is None or value > low or (low_in and value == low))
     ok = ok and (high is None or value < high or (high_in and value == high))
     if not ok:

@@ -37,7 +37,6 @@ from mammosae_jax.training.step import StepMetrics, make_train_step
 from mammosae_jax.training.validate import ValMetrics, evaluate
 
 
-
 _token_losses = jax.jit(token_losses, static_argnums=0)
 
 
@@ -180,7 +179,7 @@ class _Trainer:
         tc, step = self.tc, int(state.step)
         bar = tqdm(total=self.total, initial=step, unit="step", disable=not progress or self.pid != 0,
                    dynamic_ncols=True)
-        (acc, n_acc), waited, t_start = load_window(self.out, step, StepMetrics), 0.0, time.perf_counter()
+        (acc, n_acc), waited, t_start = load_window(self.out, step, StepMetrics, tc.log_every), 0.0, time.perf_counter()
         try:
             while step < self.total:
                 epoch, skip = divmod(step, self.spe)
@@ -279,7 +278,7 @@ def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume:
     dp, split, spe, total = plan_data(cache, config.d_in, tc, train_split, dp)
     out.mkdir(parents=True, exist_ok=True)
     lock = run_lock(out, jax.process_index() == 0)
-    lock.__enter__()  # released in the finally below; a second trainer of `out` is refused here
+    lock.__enter__()  # a second trainer of `out` is refused here; released on an error or after the export
     run_config = {
         "sae": config.to_dict(), "train": tc.to_dict(),
         "data": data_record(cache, train_split, split, spe, total),

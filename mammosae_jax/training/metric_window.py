@@ -33,12 +33,13 @@ def save_window(out: Path, step: int, acc: Any, n: int) -> None:
     write_json_atomic(path, {k: entries[k] for k in keep})
 
 
-def load_window(out: Path, step: int, like: type) -> tuple[Any, int]:
-    """(sums, n) saved at `step` as a `like` NamedTuple of arrays, or (None, 0) when none was saved."""
+def load_window(out: Path, step: int, like: type, log_every: int) -> tuple[Any, int]:
+    """(sums, n) saved at `step` as a `like` NamedTuple of arrays; (None, 0) when none was saved or the
+    window does not start on a `log_every` boundary (--log-every changed on resume)."""
     if jax.process_count() > 1:
         return None, 0
     entry = _read(out / WINDOW_FILE).get(str(step))
-    if not entry or not entry["sums"]:
+    if not entry or not entry["sums"] or (step - int(entry["n"])) % log_every:
         return None, 0
     sums = {k: jnp.asarray(np.asarray(v["value"], dtype=v["dtype"])) for k, v in entry["sums"].items()}
     return like(**sums), int(entry["n"])
