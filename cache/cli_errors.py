@@ -17,7 +17,8 @@ MAMMOSAE_DEBUG=1) shows the traceback of known errors too; the flag is removed b
 command parses its arguments. A command's own `except` blocks call `print_error(e)` so that
 `--debug` shows their tracebacks as well. After a failed HDF5 write (disk full) the HDF5 library
 crashes when Python shuts down, so the wrapper then ends the process at once with os._exit
-(after flushing stdout/stderr; the lock files are released by the kernel). Standard library only, so `extract/` and `mammosae_jax/` share it.
+(after flushing stdout/stderr; the lock files are released by the kernel).
+Standard library only, so `extract/` and `mammosae_jax/` share it.
 """
 from __future__ import annotations
 

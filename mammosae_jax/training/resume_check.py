@@ -52,9 +52,13 @@ def check_resume(path: Path, sae: dict, train: dict, data: dict) -> None:
                           f"{data.get('cache')!r} (the run records no cache content id to compare); {WAY_OUT}")
     for key in DATA_KEYS:
         if key in before and before[key] != data.get(key):
-            what = "another cache (different content)" if key == "cache_content" else f"a different data setting {key!r}"
-            detail = "" if key in ("cache_content", "val_patients") else f": the run used {before[key]!r}, now {data.get(key)!r}"
-            raise ResumeError(f"--resume on {what}{detail}; the run trained on {before.get('cache')!r}; {WAY_OUT}")
+            if key == "cache_content":
+                what = "another cache (different content)"
+            else:
+                what = f"a different data setting {key!r}"
+                if key != "val_patients":
+                    what += f": the run used {before[key]!r}, now {data.get(key)!r}"
+            raise ResumeError(f"--resume on {what}; the run trained on {before.get('cache')!r}; {WAY_OUT}")
 
 
 def run_lock(out: Path, is_writer: bool) -> contextlib.AbstractContextManager:
