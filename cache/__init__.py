@@ -1,7 +1,7 @@
 """Versioned, sharded, resumable HDF5 feature cache (format: cache/README.md). numpy + h5py only."""
-from .errors import (CacheBusyError, CacheChecksumError, CacheDamagedError, CacheError, CacheIncompleteError, CacheInputError,
-                     CacheMissingShardError, CacheNonFiniteError, CacheNotFoundError, CacheSettingsError,
-                     CacheVersionError, CacheWriteError)
+from .errors import (CacheBusyError, CacheChecksumError, CacheDamagedError, CacheError, CacheIncompleteError,
+                     CacheInputError, CacheMissingShardError, CacheNonFiniteError, CacheNotFoundError,
+                     CacheSettingsError, CacheVersionError, CacheWriteError)
 from .format import FORMAT_VERSION, rank_block
 from .head import Head
 from .lock import FolderBusyError, FolderLock

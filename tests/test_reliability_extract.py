@@ -39,7 +39,15 @@ def _refusal(capsys, argv: list[str], out: Path) -> list[str]:
 
 def _unchanged(out: Path, manifest_before: str) -> None:
     assert (out / "manifest.json").read_text() == manifest_before
-    open_cache(out).verify()
+    open_cache(out, allow_incomplete=True).verify()
+
+
+def _as_if_killed(out: Path) -> None:
+    """Leave `out` as an extraction killed after its first shard leaves it (resumable)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(complete=False, n_images=manifest["shards"][0]["n_images"], shards=manifest["shards"][:1],
+                    rows=None, head=None)
+    (out / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_test_split_then_all_on_one_out_is_refused(data, classifier, tmp_path, capsys):
@@ -56,9 +64,10 @@ def test_test_split_then_all_on_one_out_is_refused(data, classifier, tmp_path, c
     _unchanged(out, before)
 
 
-def test_another_csv_on_one_out_is_refused(data, classifier, tmp_path, capsys):
+def test_a_killed_extraction_rerun_with_another_csv_is_refused(data, classifier, tmp_path, capsys):
     out = tmp_path / "c"
     _extract(data, out, classifier[0])
+    _as_if_killed(out)
     before = (out / "manifest.json").read_text()
     other = tmp_path / "other.csv"
     rows = pd.read_csv(data / "vindr_detection_v1_folds.csv", dtype=str, keep_default_na=False)
@@ -72,9 +81,10 @@ def test_another_csv_on_one_out_is_refused(data, classifier, tmp_path, capsys):
     _unchanged(out, before)
 
 
-def test_another_checkpoint_with_the_same_file_name_is_refused(data, classifier, tmp_path, capsys):
+def test_a_killed_extraction_rerun_with_another_checkpoint_of_the_same_file_name_is_refused(data, classifier, tmp_path, capsys):
     out = tmp_path / "c"
     _extract(data, out, classifier[0])
+    _as_if_killed(out)
     before = (out / "manifest.json").read_text()
     _, state, weight, bias = classifier
     twin = tmp_path / "twin" / classifier[0].name
@@ -90,11 +100,7 @@ def test_a_renamed_copy_of_the_checkpoint_resumes(data, classifier, tmp_path):
     out = tmp_path / "c"
     one = ("--limit", "6", "--batch-size", "1")  # batches of one: the same arithmetic before and after the kill
     _extract(data, out, classifier[0], *one)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["complete"] = False  # as if killed after the first shard
-    manifest["n_images"] = 5
-    manifest["shards"] = manifest["shards"][:1]
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    _as_if_killed(out)
     renamed = shutil.copy(classifier[0], tmp_path / "renamed.pth")
     _extract(data, out, Path(renamed), *one)
     whole = tmp_path / "whole"
