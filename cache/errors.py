@@ -26,6 +26,10 @@ class CacheChecksumError(CacheError):
     """A file or array does not match the size or sha256 recorded in the manifest."""
 
 
+class CacheDamagedError(CacheError):
+    """The manifest or a shard is structurally broken (a field missing, counts that do not add up)."""
+
+
 class CacheNonFiniteError(CacheError):
     """Stored features contain NaN or Inf."""
 
@@ -36,6 +40,10 @@ class CacheSettingsError(CacheError):
 
 class CacheBusyError(CacheError):
     """Another live process holds the write lock of this cache (or rank)."""
+
+
+class CacheWriteError(CacheError, OSError):
+    """Writing the cache failed (disk full, file size limit, I/O error); the complete shards resume."""
 
 
 class CacheInputError(CacheError, ValueError):

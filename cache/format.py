@@ -19,7 +19,7 @@ HEAD_FILE = "head.safetensors"
 MERGE_PLAN = "merge-plan.json"
 DTYPES = ("float16", "float32")
 # Settings that must be identical for a writer to resume (and for ranks to be merged).
-SETTING_KEYS = ("grid", "dim", "dtype", "label_names", "encoder", "preprocessing", "shard_size")
+SETTING_KEYS = ("grid", "dim", "dtype", "label_names", "encoder", "preprocessing", "shard_size", "fingerprint")
 _RANK_MANIFEST = re.compile(r"^manifest-r(\d{2,})\.json$")
 
 
@@ -109,6 +109,24 @@ def settings_of(manifest: dict) -> dict:
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
-    """Human-readable list of the settings that differ."""
-    return [f"{k}: existing {old.get(k)!r} != requested {new.get(k)!r}"
-            for k in SETTING_KEYS if old.get(k) != new.get(k)]
+    """Human-readable list of the settings that differ; a fingerprint is compared field by field."""
+    out = []
+    for k in SETTING_KEYS:
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k == "fingerprint" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"fingerprint {f}: existing {a.get(f)!r} != requested {b.get(f)!r}"
+                    for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        elif k == "fingerprint" and a is None:
+            out.append("fingerprint: the existing cache records none (written by an older version), "
+                       "so what it holds cannot be checked")
+        else:
+            out.append(f"{k}: existing {a!r} != requested {b!r}")
+    return out
+
+
+def rows_digest(table: dict) -> str:
+    """Hex sha256 of a row table as stored in rows.json (its columns and data)."""
+    payload = json.dumps([table["columns"], table["data"]], ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(payload.encode()).hexdigest()

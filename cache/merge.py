@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import CacheBusyError, CacheIncompleteError, CacheMissingShardError, CacheNotFoundError, CacheSettingsError
 from .format import (MANIFEST, MERGE_PLAN, atomic_write_json, fsync_dir, lock_name, rank_manifests,
                      read_manifest, settings_diff, settings_of, shard_name)
-from .writer import lock_is_held
+from .lock import lock_is_held
 
 
 def _plan(folder: Path) -> dict:
@@ -26,7 +26,7 @@ def _plan(folder: Path) -> dict:
     for r, m in manifests.items():
         if m["world_size"] != world_size:
             raise CacheSettingsError(f"{folder}: rank {r} was run with world_size {m['world_size']}, "
-                                     f"rank 0 with {world_size}; re-extract with overwrite=True")
+                                     f"rank 0 with {world_size}; re-extract with --overwrite")
         diff = settings_diff(settings_of(first), settings_of(m))
         if diff:
             raise CacheSettingsError(f"{folder}: rank {r} differs from rank 0 ({'; '.join(diff)}); "

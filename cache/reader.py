@@ -18,9 +18,10 @@ from .format import (MANIFEST, lock_name, rank_manifests, read_manifest, sha256_
                      sha256_strings)
 from .convert import all_finite, half_to_float
 from .head import Head, read_head
+from .integrity import check_fingerprint, check_manifest, check_shard_count
 from .prefetch import Prefetcher
 from .tokens import (Run, TokenStream, epoch_order, make_runs, partition_runs, token_batches, tokens_per_image)
-from .writer import lock_is_held
+from .lock import lock_is_held
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +50,7 @@ def open_cache(path: str | os.PathLike, *, allow_incomplete: bool = False) -> "F
                                        "cache.merge_ranks(path) once every rank has closed its writer")
         raise CacheNotFoundError(f"{folder} is not a feature cache (no {MANIFEST}); check the path or extract it first")
     manifest = read_manifest(folder / MANIFEST)
+    check_manifest(manifest, folder / MANIFEST)
     if not manifest["complete"] and not allow_incomplete:
         pid = lock_is_held(folder / lock_name(None))
         n_done = manifest["n_images"]
@@ -77,7 +79,7 @@ class FeatureCache:
             p = folder / entry["file"]
             if not p.exists():
                 raise CacheMissingShardError(f"shard {p} is missing; restore it from a copy of the cache, "
-                                             "or re-extract (CacheWriter with overwrite=True)")
+                                             "or re-extract with --overwrite")
             size = p.stat().st_size
             if size != entry["bytes"]:
                 raise CacheChecksumError(f"shard {p} has {size} bytes but the manifest records {entry['bytes']}; "
@@ -85,12 +87,17 @@ class FeatureCache:
         cols: list[list[str]] = [[], [], []]
         labels = []
         for k in range(len(self._shards)):
-            with self._open(k) as f:
-                ids = [[s.decode() if isinstance(s, bytes) else s for s in f[n][()]]
-                       for n in ("patient_id", "image_id", "split")]
-                self._check(k, "ids", sha256_strings(*ids))
-                lab = f["labels"][()]
-                self._check(k, "labels", sha256_array(lab))
+            try:
+                with self._open(k) as f:
+                    ids = [[s.decode() if isinstance(s, bytes) else s for s in f[n][()]]
+                           for n in ("patient_id", "image_id", "split")]
+                    lab = f["labels"][()]
+            except (OSError, KeyError) as e:  # h5py: a damaged heap or a missing dataset
+                raise CacheChecksumError(f"shard {folder / self._shards[k]['file']} cannot be read ({e}); "
+                                         "the file is corrupt: restore it or re-extract with --overwrite") from None
+            check_shard_count(len(ids[0]), self._shards[k], folder / self._shards[k]["file"])
+            self._check(k, "ids", sha256_strings(*ids))
+            self._check(k, "labels", sha256_array(lab))
             for dst, src in zip(cols, ids):
                 dst.extend(src)
             labels.append(lab)
@@ -398,4 +405,5 @@ class FeatureCache:
         self.pooled()
         self.logits()
         _ = self.rows, self.head()
+        check_fingerprint(self)
         return VerifyResult(len(self._shards), len(self), n_bytes)

@@ -1,13 +1,9 @@
 """CacheWriter: append feature maps image by image into whole-image shards, resumably."""
 from __future__ import annotations
 
-import fcntl
 import json
-import math
 import os
-import sys
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,83 +11,18 @@ import h5py
 import numpy as np
 
 from .convert import all_finite
-from .errors import (CacheBusyError, CacheChecksumError, CacheError, CacheInputError,
-                     CacheMissingShardError, CacheSettingsError)
+from .errors import CacheChecksumError, CacheError, CacheInputError, CacheMissingShardError, CacheSettingsError
 from .format import (DTYPES, FORMAT_VERSION, HEAD_FILE, MANIFEST, MERGE_PLAN, ROWS_FILE,
                      atomic_write_json, fsync_dir, lock_name, manifest_name, rank_manifests,
                      read_manifest, settings_diff, settings_of, sha256_array, sha256_file,
                      sha256_strings, shard_name)
 from .head import Head, write_head
+from .integrity import check_manifest
+from .lock import FolderLock
+from .write_support import (HDF5_WRITE_FAILED, check_room, default_producer, mute_hdf5_dealloc_errors, plain,
+                            rows_table, write_error)
 
 STRING = h5py.string_dtype("utf-8")
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-normalise settings (tuples -> lists, numpy scalars -> Python), so they compare equal after a reload."""
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
-
-
-def _jsonable(value: Any) -> Any:
-    """One row-table cell as JSON: numpy scalars unwrapped, NaN -> null, containers recursed."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if (isinstance(value, float) and not math.isfinite(value)) or type(value).__name__ in ("NAType", "NaTType"):
-        return None
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def _default_producer(extra: Mapping[str, Any] | None) -> dict:
-    try:
-        version = metadata.version("mammosae-jax")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return _plain({"package": "mammosae-jax", "version": version, "command": sys.argv, **(extra or {})})
-
-
-class _WriteLock:
-    """An exclusive flock(2) on a file in the cache folder; the kernel drops it if the process dies."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise CacheBusyError(f"{path.parent} is being written by another live process (pid {holder}); "
-                                 "wait for it to finish or stop it before writing") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
-
-
-def lock_is_held(path: Path) -> str | None:
-    """The pid written in a lock file if a live process holds it, else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 def cache_files(folder: Path, rank: int | None = None, *, everything: bool = False) -> list[Path]:
@@ -138,7 +69,8 @@ class CacheWriter:
     def __init__(self, path: str | os.PathLike, *, grid: Sequence[int], dim: int, dtype: str = "float16",
                  label_names: Sequence[str] = (), encoder: Mapping[str, Any] | None = None,
                  preprocessing: Mapping[str, Any] | None = None, producer: Mapping[str, Any] | None = None,
-                 shard_size: int = 256, overwrite: bool = False, rank: int = 0, world_size: int = 1):
+                 shard_size: int = 256, overwrite: bool = False, rank: int = 0, world_size: int = 1,
+                 fingerprint: Mapping[str, Any] | None = None):
         if dtype not in DTYPES:
             raise CacheInputError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if len(grid) != 2 or min(grid) < 1 or dim < 1 or shard_size < 1:
@@ -148,15 +80,16 @@ class CacheWriter:
         self.path = Path(path)
         self.rank, self.world_size = rank, world_size
         self._tag = None if world_size == 1 else rank
-        self._settings = _plain({"grid": list(grid), "dim": int(dim), "dtype": dtype,
+        self._settings = plain({"grid": list(grid), "dim": int(dim), "dtype": dtype,
                                  "label_names": list(label_names), "encoder": dict(encoder or {}),
-                                 "preprocessing": dict(preprocessing or {}), "shard_size": int(shard_size)})
-        self._producer = _default_producer(producer)
+                                 "preprocessing": dict(preprocessing or {}), "shard_size": int(shard_size),
+                                 "fingerprint": None if fingerprint is None else dict(fingerprint)})
+        self._producer = default_producer(producer)
         self._open: _OpenShard | None = None
         self._done = False  # a rank writer that found its work already merged
         self._closed = False
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = _WriteLock(self.path / lock_name(self._tag))
+        self._lock = FolderLock(self.path, lock_name(self._tag)).acquire()
         try:
             self._manifest_path = self.path / manifest_name(self._tag)
             self._manifest = self._start(overwrite)
@@ -179,21 +112,22 @@ class CacheWriter:
             return self._start_merged()
         elif self._tag is None and rank_manifests(self.path):
             raise CacheSettingsError(f"{self.path} holds per-rank shards of an unmerged multi-process extraction; "
-                                     "run cache.merge_ranks on it, or pass overwrite=True to start again")
+                                     "run cache.merge_ranks on it, or rerun with --overwrite (or use a new --out) to start again")
         if self._manifest_path.exists():
             manifest = read_manifest(self._manifest_path)
+            check_manifest(manifest, self._manifest_path)
             diff = settings_diff(settings_of(manifest), self._settings)
             if diff:
                 raise CacheSettingsError(f"{self.path} was written with different settings ({'; '.join(diff)}); "
-                                         "use the same settings to resume, or pass overwrite=True to start again")
+                                         "use the same settings to resume, or rerun with --overwrite (or use a new --out) to start again")
             for entry in manifest["shards"]:
                 p = self.path / entry["file"]
                 if not p.exists():
                     raise CacheMissingShardError(f"{p} is listed in {self._manifest_path.name} but missing; "
-                                                 "restore it, or pass overwrite=True to start again")
+                                                 "restore it, or rerun with --overwrite (or use a new --out) to start again")
                 if p.stat().st_size != entry["bytes"]:
                     raise CacheChecksumError(f"{p} has {p.stat().st_size} bytes, the manifest says {entry['bytes']}; "
-                                             "restore it, or pass overwrite=True to start again")
+                                             "restore it, or rerun with --overwrite (or use a new --out) to start again")
             manifest["producer"] = self._producer
         else:
             manifest = self._fresh_manifest()
@@ -210,7 +144,7 @@ class CacheWriter:
         if diff or len(ranks) != self.world_size:
             why = "; ".join(diff) or f"it was merged from {len(ranks)} ranks, not {self.world_size}"
             raise CacheSettingsError(f"{self.path} is a finished cache with different settings ({why}); "
-                                     "pass overwrite=True to start again")
+                                     "rerun with --overwrite (or use a new --out) to start again")
         self._done = True
         self._manifest_path = self.path / MANIFEST
         self._n_done = ranks[self.rank]["n_images"]
@@ -245,7 +179,7 @@ class CacheWriter:
         """Append n images: feature maps (n, H, W, C) float32 plus their identifiers, labels and logits."""
         if self._done or self._closed:
             raise CacheError(f"{self.path}: the writer is {'closed' if self._closed else 'already merged and complete'}; "
-                             "open a new CacheWriter (overwrite=True to start again)")
+                             "open a new CacheWriter (--overwrite to start again)")
         s = self._settings
         H, W = s["grid"]
         maps = np.asarray(feature_maps)
@@ -280,17 +214,26 @@ class CacheWriter:
         if not all_finite(stored):
             raise CacheInputError(f"feature values exceed the float16 range (max |x| = {np.abs(maps32).max():.4g}); "
                                   "write the cache with dtype='float32'")
+        self._check_room(stored.nbytes)
         start = 0
-        while start < n:
-            if self._open is None:
-                self._open = self._new_shard()
-            take = min(n - start, s["shard_size"] - self._open.n)
-            self._append(self._open, stored[start:start + take], pooled[start:start + take],
-                         labels[start:start + take], None if logits is None else logits[start:start + take],
-                         tuple(col[start:start + take] for col in ids))
-            start += take
-            if self._open.n == s["shard_size"]:
-                self._finish_shard()
+        try:
+            while start < n:
+                if self._open is None:
+                    self._open = self._new_shard()
+                take = min(n - start, s["shard_size"] - self._open.n)
+                self._append(self._open, stored[start:start + take], pooled[start:start + take],
+                             labels[start:start + take], None if logits is None else logits[start:start + take],
+                             tuple(col[start:start + take] for col in ids))
+                start += take
+                if self._open.n == s["shard_size"]:
+                    self._finish_shard()
+        except BaseException as exc:  # a failed write leaves the open shard half-written: drop it, keep complete ones
+            if self._open is not None:
+                self._discard(self._open)
+                self._open = None
+            if (err := self._write_error(exc)) is exc:
+                raise
+            raise err from exc
 
     def _new_shard(self) -> _OpenShard:
         final = self.path / shard_name(len(self._manifest["shards"]), self._tag)
@@ -318,6 +261,31 @@ class CacheWriter:
     def _finish_shard(self) -> None:
         """Write the small arrays, fsync, rename into place, then record the shard in the manifest."""
         shard, self._open = self._open, None
+        try:
+            self._write_shard(shard)
+        except BaseException as exc:
+            self._discard(shard)
+            if (err := self._write_error(exc)) is exc:
+                raise
+            raise err from exc
+
+    def _check_room(self, nbytes: int) -> None:
+        check_room(self.path, self._open.tmp if self._open is not None else None, nbytes, self.n_complete)
+
+    def _write_error(self, exc: BaseException) -> BaseException:
+        return write_error(exc, self.path, self.n_complete)
+
+    @staticmethod
+    def _discard(shard: _OpenShard) -> None:
+        """Close and delete a shard that will not be finished (empty, or its writes failed)."""
+        try:
+            shard.h5.close()
+        except Exception:  # noqa: BLE001 - HDF5 cannot flush it; the CLI then exits at once
+            HDF5_WRITE_FAILED.append(shard)
+            mute_hdf5_dealloc_errors()
+        shard.tmp.unlink(missing_ok=True)
+
+    def _write_shard(self, shard: _OpenShard) -> None:
         h5 = shard.h5
         pooled = np.concatenate(shard.pooled)
         labels = np.concatenate(shard.labels)
@@ -347,18 +315,9 @@ class CacheWriter:
     # ------------------------------------------------------------------ side files
     def set_rows(self, rows: Any) -> None:
         """Store the row table (a DataFrame, or a mapping column -> list) with an `image_index` column."""
-        columns = [str(c) for c in rows.columns] if hasattr(rows, "columns") else [str(c) for c in rows]
-        if "image_index" not in columns:
-            raise CacheInputError(f"the row table needs an 'image_index' column; it has {columns}")
-        data, dtypes = {}, {}
-        for c in columns:
-            col = rows[c]
-            dtypes[c] = str(getattr(col, "dtype", "object"))
-            data[c] = _jsonable(list(col.tolist() if hasattr(col, "tolist") else col))
-        n_rows = len(data["image_index"])
-        if any(not isinstance(v, int) or v < 0 for v in data["image_index"]):
-            raise CacheInputError("image_index must hold non-negative integers")
-        atomic_write_json(self.path / ROWS_FILE, {"columns": columns, "dtypes": dtypes, "data": data})
+        table = rows_table(rows)
+        n_rows = len(table["data"]["image_index"])
+        atomic_write_json(self.path / ROWS_FILE, table)
         self._manifest["rows"] = {"file": ROWS_FILE, "n_rows": n_rows, "sha256": sha256_file(self.path / ROWS_FILE)}
         atomic_write_json(self._manifest_path, self._manifest)
 
@@ -381,11 +340,15 @@ class CacheWriter:
                 if self._open is not None and self._open.n:
                     self._finish_shard()
                 elif self._open is not None:
-                    self._open.h5.close()
-                    self._open.tmp.unlink()
+                    self._discard(self._open)
                     self._open = None
                 self._manifest["complete"] = complete
                 atomic_write_json(self._manifest_path, self._manifest)
+        except OSError:
+            # A write failed (disk full, file size limit): the manifest on disk lists only complete
+            # shards and says complete=false, so the cache resumes; on an error path keep that error.
+            if complete:
+                raise
         finally:
             self._closed = True
             self._lock.release()

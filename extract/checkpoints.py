@@ -34,6 +34,7 @@ HEAD_PREFIX = "classifier.classification_head."
 # Parts of a CLIP / classifier checkpoint that are not the image encoder and are ignored.
 IGNORED_PREFIXES = ("text_encoder.", "text_projection.", "image_projection.", "logit_scale")
 SAFETENSORS_FORMAT = "mammosae-jax/encoder"
+TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")  # a file so named must be a torch archive
 SAFETENSORS_VERSION = "1"
 CONCEPT_CLASS_NAMES = {1: ["negative", "positive"], 4: ["A", "B", "C", "D"]}
 
@@ -193,9 +194,15 @@ def read_checkpoint(path: str | os.PathLike, head_label: str | None = None) -> E
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the download or copy did not finish")
     with open(path, "rb") as f:
         magic = f.read(2)
-    if path.suffix == ".safetensors" or magic not in (b"PK", b"\x80\x02"):
+    torch_file = magic in (b"PK", b"\x80\x02")
+    if not torch_file and path.suffix in TORCH_SUFFIXES:
+        raise CheckpointError(f"{path} is not a torch checkpoint (it starts with neither a zip nor a pickle "
+                              "header); the file is damaged or not a Mammo-CLIP checkpoint")
+    if path.suffix == ".safetensors" or not torch_file:
         return _read_safetensors(path)
     return _read_torch(path, head_label)
 
@@ -236,9 +243,24 @@ def check_encoder_state(model: torch.nn.Module, state: dict[str, torch.Tensor], 
         raise CheckpointError(f"{source} does not fit the encoder: " + "; ".join(problems))
 
 
+def check_weight_values(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse integer tensors where the encoder has float ones (a cast checkpoint) and NaN/inf weights."""
+    wrong = [f"{k} {state[k].dtype} (expected {v.dtype})" for k, v in expected.items()
+             if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    if wrong:
+        raise CheckpointError(f"{source} holds non-float encoder weights ({len(wrong)}: {', '.join(wrong[:3])}"
+                              + (", ..." if len(wrong) > 3 else "") + "); it was cast or damaged: use the "
+                              "original checkpoint")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source} has NaN/inf encoder weights ({len(bad)}: {', '.join(bad[:3])}); "
+                              "use an undamaged checkpoint")
+
+
 def load_encoder_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Strictly check, then load `state` into `model` (dtype cast to the model's)."""
     check_encoder_state(model, state, source)
+    check_weight_values(state, model.state_dict(), source)
     model.load_state_dict(state, strict=False)
 
 

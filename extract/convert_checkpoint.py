@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from extract.checkpoints import CheckpointError, infer_arch, load_encoder_state, read_checkpoint, write_safetensors
 from extract.encoder import build_encoder
+from extract.extract_checks import output_file_problem
+from cache.cli_errors import cli_main, print_error
 
 
 def convert(src: str, dst: str, label: str | None = None) -> str:
     """Check `src` against the encoder it declares and write `dst`; returns the arch ("b5"/"b2")."""
+    if (problem := output_file_problem(Path(dst))) is not None:
+        raise CheckpointError(problem)
     ckpt = read_checkpoint(src, head_label=label)
     arch = infer_arch(ckpt, src)
     load_encoder_state(build_encoder(arch), ckpt.encoder, src)  # strict key and shape check
@@ -25,6 +30,7 @@ def convert(src: str, dst: str, label: str | None = None) -> str:
     return arch
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m extract.convert_checkpoint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         arch = convert(args.src, args.dst, args.label)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         sys.exit(2)
     print(f"wrote {args.dst} (EfficientNet-{arch.upper()})")
 

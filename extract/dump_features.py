@@ -34,10 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cache import CacheError, CacheWriter, merge_ranks, rank_block
+from cache.cli_errors import cli_main, print_error
 from extract.calibration import RANDOM_WEIGHTS_LABEL, calibration_indices, random_calibrated_encoder
 from extract.checkpoints import (CheckpointError, EncoderCheckpoint, checkpoint_arch, load_encoder_state,
                                  read_checkpoint)
 from extract.encoder import build_encoder, feature_grid, get_arch, local_features
+from extract.extract_checks import extraction_fingerprint, output_folder_problem, warn_constant_images
 from extract.preprocess import MEAN, STD, AugmentConfig, ImageError, load_model_input
 from cache.vindr import LABEL_COLUMNS, images_from_rows, load_annotations, png_path
 
@@ -96,7 +98,7 @@ def load_table(cfg: ExtractConfig) -> ImageTable:
     try:
         rows = load_annotations(cfg.csv)
     except (FileNotFoundError, ValueError) as exc:
-        raise ExtractError(str(exc)) from None
+        raise ExtractError(str(exc) if str(cfg.csv) in str(exc) else f"{cfg.csv}: {exc}") from None
     if cfg.split != "all":
         rows = rows[rows["split"] == cfg.split].reset_index(drop=True)
     if rows.empty:
@@ -189,8 +191,8 @@ def prepare_model(cfg: ExtractConfig, table: ImageTable, device: torch.device):
                             "compute": "bfloat16 autocast" if cfg.amp else "float32"}
     if ckpt is not None:
         load_encoder_state(model, ckpt.encoder, str(cfg.checkpoint))
-        info.update(weights=f"Mammo-CLIP ({ckpt.layout})", checkpoint=cfg.checkpoint.name,
-                    checkpoint_meta=ckpt.meta)
+        info.update(weights=f"Mammo-CLIP ({ckpt.layout})",  # the file's name is in the producer, its sha256 in
+                    checkpoint_meta={k: v for k, v in ckpt.meta.items() if k != "source_file"})  # the fingerprint
         model = model.to(device)
     else:
         calib = calibration_indices(len(table.paths), cfg.calib_images)
@@ -228,6 +230,8 @@ def extract(cfg: ExtractConfig) -> dict:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", d.world_size))))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if (problem := output_folder_problem(cfg.out)) is not None:
+        raise ExtractError(problem)
     table = load_table(cfg)
     hw = (table.height, table.width)
     block = rank_block(len(table.paths), d.rank, d.world_size)
@@ -245,7 +249,10 @@ def extract(cfg: ExtractConfig) -> dict:
     writer = CacheWriter(cfg.out, grid=grid, dim=channels, dtype=cfg.dtype, label_names=table.label_names,
                          encoder=encoder_info, preprocessing=preprocessing, shard_size=cfg.shard_size,
                          overwrite=cfg.overwrite, rank=d.rank, world_size=d.world_size,
-                         producer={"device": str(device), "world_size": d.world_size})
+                         fingerprint=extraction_fingerprint(cfg.checkpoint, cfg.split, cfg.limit, table.images,
+                                                            table.rows),
+                         producer={"device": str(device), "world_size": d.world_size,
+                                   "checkpoint_file": None if cfg.checkpoint is None else cfg.checkpoint.name})
     labels = table.images[table.label_names].to_numpy(np.int64)
     with writer:
         todo = list(block)[writer.n_complete:]
@@ -256,10 +263,11 @@ def extract(cfg: ExtractConfig) -> dict:
                             prefetch_factor=4 if workers else None)
         bar = tqdm(total=len(block), initial=len(block) - len(todo), unit="img", desc=f"extract r{d.rank}",
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5.0, file=sys.stderr)
-        started, n_done = time.perf_counter(), 0
+        started, n_done, blank = time.perf_counter(), 0, set()
         for indices, x_BCHW, error in loader:
             if error:
                 raise ImageError(error)
+            warn_constant_images(x_BCHW, table.paths, indices, blank)
             packed = encode_batch(model, x_BCHW, device, cfg.amp, w_KC, b_K)  # the one device->host copy
             maps_BHWC, logits_BK = unpack(packed, len(indices), grid, channels)
             image_rows = table.images.iloc[indices]
@@ -369,12 +377,13 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
                          overwrite=args.overwrite, threads=args.threads)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         summary = extract(config_from_args(args))
     except (ExtractError, ImageError, CheckpointError, CacheError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         sys.exit(2)
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -12,8 +12,10 @@ import argparse
 import json
 import sys
 from typing import Sequence
+from cache.cli_errors import cli_main, print_error
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m extract.embed_prompts", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="Mammo-CLIP checkpoint with the text tower")
@@ -32,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compute_prompt_embeddings(a.checkpoint, a.tokenizer, spec["texts"], spec["groups"], a.out, meta=spec["meta"],
                                   pooling=a.pooling, max_length=a.max_length, batch_size=a.batch_size)
     except (TextTowerError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     return 0
 

@@ -45,6 +45,7 @@ from extract.finetune_data import DataError, TrainingData, load_inputs, load_tra
 from extract.finetune_model import (MODES, ConceptClassifier, mammoclip_state_dict, positive_weights,
                                     warmup_cosine_multiplier)
 from extract.preprocess import ImageError, load_model_input
+from cache.cli_errors import cli_main, print_error
 
 BEST_PTH = "model-best.pth"
 BEST_SAFETENSORS = "model-best.safetensors"
@@ -338,6 +339,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise FinetuneError("--freeze-blocks is for --mode fine-tune (a linear probe freezes the whole encoder)")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig)}
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         check_config(cfg)
         summary = train(cfg, overwrite=args.overwrite, progress=not args.no_progress)
     except (FinetuneError, DataError, ImageError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     finally:
         if dist.is_available() and dist.is_initialized():

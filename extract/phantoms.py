@@ -32,6 +32,7 @@ from extract.phantom_plan import (CSV_NAME, IMAGES_DIRNAME, SETTINGS_NAME, VIEWS
                                   hex_id, plan_breast, plan_view, rng_for)
 from extract.phantom_png import encode_png_gray8
 from extract.phantom_render import render
+from cache.cli_errors import cli_main, print_error
 
 # --------------------------------------------------------------------------- data set
 
@@ -206,13 +207,14 @@ def config_from_args(args: argparse.Namespace) -> PhantomConfig:
     )
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
         result = generate(config, args.out, workers=args.workers, progress=not args.quiet)
     except (PhantomError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     table = pd.read_csv(result.csv_path)
     per_image = table.groupby("image_id")[["Mass", "Suspicious_Calcification"]].max()

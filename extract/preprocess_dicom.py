@@ -52,6 +52,7 @@ from extract.dicom_records import (CROP_TABLE_COLUMNS, DICOM_SUFFIXES, UsageErro
                                     load_crop_table, run_report)
 from extract.dicom_io import DicomReadError, read_dicom_pixels
 from cache.atomic import atomic_path, write_text_atomic
+from cache.cli_errors import cli_main, print_error
 
 CSV_NAME = "vindr_detection_v1_folds.csv"
 CROP_TABLE_NAME = "crop_boxes.csv"
@@ -366,6 +367,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     )
 
 
+@cli_main
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else list(argv))
     try:
@@ -373,7 +375,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         started = time.perf_counter()
         summary = run(config, progress=not args.quiet)
     except (UsageError, AnnotationError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err)
         sys.exit(2)
     except OSError as err:  # e.g. --out not writable, disk full
         print(f"error: cannot write the output: {err}", file=sys.stderr)

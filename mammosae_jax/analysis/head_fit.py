@@ -29,14 +29,20 @@ class Standardised(NamedTuple):
     scale_C: np.ndarray
 
 
+def check_classes(labels_N: np.ndarray, label: str) -> None:
+    """ConceptError unless every class of `label` occurs (a one-class label cannot train a head)."""
+    n_cls = n_classes_of(label)
+    present = np.unique(np.asarray(labels_N, np.int64))
+    if not np.array_equal(present, np.arange(n_cls)):
+        raise ConceptError(f"fitting a '{label}' head needs every class 0..{n_cls - 1} in the training split, "
+                           f"got {present.tolist()}")
+
+
 def fit_head_arrays(pooled_NC: np.ndarray, labels_N: np.ndarray, label: str, config: FitConfig = FitConfig()) -> Head:
     """Fit a head on pooled features; returns W, b acting on the raw (unstandardised) features."""
     x = np.asarray(pooled_NC, np.float64)
     y = np.asarray(labels_N, np.int64)
-    n_cls = n_classes_of(label)
-    present = np.unique(y)
-    if not np.array_equal(present, np.arange(n_cls)):
-        raise ConceptError(f"fitting a '{label}' head needs every class 0..{n_cls - 1} in the training split, got {present.tolist()}")
+    check_classes(y, label)
     std = Standardised(x.mean(0), x.std(0))
     std = std._replace(scale_C=np.where(std.scale_C > 0, std.scale_C, 1.0))
     clf = LogisticRegression(C=config.C, class_weight="balanced", max_iter=config.max_iter)
@@ -52,6 +58,7 @@ C_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 def cross_validated_scores(pooled_NC: np.ndarray, labels_N: np.ndarray, groups_N: np.ndarray, label: str,
                            grid: tuple[float, ...] = C_GRID, folds: int = 5, max_iter: int = 2000) -> dict[float, float]:
     """Patient-grouped k-fold score of each C (AUROC for binary labels, accuracy for density)."""
+    check_classes(labels_N, label)
     from sklearn.metrics import accuracy_score, roc_auc_score
     from sklearn.model_selection import GroupKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline

@@ -170,6 +170,12 @@ def _find_files(directory: Path, label: str, suffix: str | None) -> dict[int, Pa
 def _parse_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         records = json.loads(path.read_text())
+        for i, r in enumerate(records):
+            for key in ("index", "rank"):
+                if not isinstance(r[key], int) or isinstance(r[key], bool):
+                    raise RankingError(f"{path.name}: record {i} has {key} {r[key]!r}, expected an integer")
+            if not isinstance(r["importance"], (int, float)) or isinstance(r["importance"], bool):
+                raise RankingError(f"{path.name}: record {i} has importance {r['importance']!r}, expected a number")
         index = np.array([r["index"] for r in records], np.int64)
         rank = np.array([r["rank"] for r in records], np.int64)
         importance = np.array([r["importance"] for r in records], np.float32)

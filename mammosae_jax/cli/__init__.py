@@ -9,6 +9,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from cache.cli_errors import cli_main
+
 COMMANDS: dict[str, str] = {
     "train": "train one SAE on a feature cache",
     "sweep": "train many SAEs in one pass over a cache",
@@ -31,6 +33,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """`mammosae <command> ...`: run one command; no command (or --help) lists them."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -24,8 +24,12 @@ from mammosae_jax.analysis.evaluation import resolve_head
 from mammosae_jax.analysis.heads import HeadError
 from mammosae_jax.analysis.ranking import SCORES, RankingError, write_ranking
 from mammosae_jax.viz.concept_figures import plot_class_means
+from mammosae_jax.cli.options import positive_int
+from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from cache import CacheError, open_cache
 
@@ -45,11 +49,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="units: CSV rows (reference, default) or images (label = max over rows)")
     p.add_argument("--split", default="training", help="split to rank on (default: training)")
     p.add_argument("--suffix", default="", help="file name suffix, e.g. finetuned -> ..._{label}_finetuned.json")
-    p.add_argument("--top", type=int, default=10, help="latents per class in the figure and printout (default 10)")
-    p.add_argument("--batch-size", type=int, default=2, help="images encoded per step (default 2)")
+    p.add_argument("--top", type=positive_int, default=10, help="latents per class in the figure and printout (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="images encoded per step (default 2)")
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
     try:
+        lock = lock_output(a.out)  # noqa: F841 - held until main returns
         cache = open_cache(a.cache)
         sae = load_sae(a.sae)
         head = resolve_head(cache, a.head, a.label)[0] if a.score == "attribution" else None
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"class {c} ({int(stats.counts_C[c])} {a.per}s): {top}")
         print("wrote " + ", ".join(str(x) for x in [*paths, fig]))
     except (ConceptError, RankingError, CacheError, FormatError, HeadError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

@@ -22,6 +22,7 @@ from mammosae_jax.formats.common import FormatError
 from mammosae_jax.formats.hub import HUB_FILENAME, HUB_REPO
 
 from mammosae_jax.models.conversion import Converted, convert
+from cache.cli_errors import cli_main, print_error
 
 _FILE_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -75,6 +76,7 @@ def _run(args: argparse.Namespace) -> Converted:
     return convert(args.src, args.dst, force=args.force, hub_sae_id=args.to_hub)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}", file=sys.stderr)
     if error is not None:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(error)
         return 2
     c = done.sae.config
     print(f"wrote {done.path} (d_in={c.d_in}, n_latents={c.n_latents}, variant={c.variant})")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.demo.plan import CHOICES, DemoConfig, run_demo
+from cache.cli_errors import cli_main
 
 
 def parse_config(argv: list[str] | None) -> tuple[DemoConfig, Path, bool, bool]:
@@ -32,6 +33,7 @@ def parse_config(argv: list[str] | None) -> tuple[DemoConfig, Path, bool, bool]:
     return config_from_args(DemoConfig, args), args.out, args.force, args.subprocess
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     config, out, force, subprocess_only = parse_config(argv)
     return run_demo(config, out, force=force, in_process=not subprocess_only)

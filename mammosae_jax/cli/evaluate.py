@@ -24,8 +24,12 @@ from mammosae_jax.analysis.concept_data import ConceptError, write_json
 from mammosae_jax.analysis.evaluation import evaluate, format_table, resolve_head
 from mammosae_jax.analysis.heads import HeadError
 from mammosae_jax.analysis.metrics import MetricsError
+from mammosae_jax.cli.options import positive_int
+from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from cache import CacheError, open_cache
 
@@ -40,10 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--per", choices=("row", "image", "both"), default="both",
                    help="metric units: CSV rows (reference parity), images (max over rows) or both (default)")
-    p.add_argument("--batch-size", type=int, default=2, help="images encoded per step (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="images encoded per step (default 2)")
     p.add_argument("--out", required=True, help="output folder for evaluation_{label}.json")
     a = p.parse_args(argv)
     try:
+        lock = lock_output(a.out)  # noqa: F841 - held until main returns
         cache = open_cache(a.cache)
         head, label = resolve_head(cache, a.head, a.label)
         sae = load_sae(a.sae)
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         print(format_table(ev))
         print(f"wrote {out}")
     except (ConceptError, HeadError, MetricsError, CacheError, FormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

@@ -21,6 +21,8 @@ from mammosae_jax.analysis.heads import HeadError, head_logits, save_head
 from mammosae_jax.analysis.metrics import MetricsError, head_metrics
 
 from mammosae_jax.analysis.head_fit import C_GRID, FitConfig, cross_validated_scores, fit_head_arrays
+from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 
 def _parse_C(text: str) -> float | None:
@@ -43,6 +45,7 @@ def _summary(name: str, labels, logits) -> str:
     return f"{name}: " + ", ".join(f"{k}={float(v):.4f}" for k, v in m._asdict().items())
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from cache import CacheError, open_cache
 
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-split", default="test", help="split to report on if present (default: test)")
     a = p.parse_args(argv)
     try:
+        lock = lock_output(a.out, is_file=True)  # noqa: F841 - held until main returns
         cache = open_cache(a.cache)
         check_label(cache, a.label)
         pooled = cache.pooled()
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
             test = cache.split_indices(a.test_split)
             print(_summary(f"{a.test_split} ({len(test)} images)", labels[test], head_logits(head, pooled[test])))
     except (ConceptError, HeadError, CacheError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

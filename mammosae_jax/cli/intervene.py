@@ -33,6 +33,9 @@ from cache.atomic import write_csv_atomic
 from mammosae_jax.analysis.concept_data import write_json
 from mammosae_jax.analysis.intervention_run import InterventionResult, headline, run_interventions
 from mammosae_jax.viz.concept_figures import plot_sweep
+from mammosae_jax.cli.options import positive_int
+from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 
 def write_ablation_csv(path: Path, ablation_nC: np.ndarray) -> None:
@@ -68,6 +71,7 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from cache import CacheError, open_cache
 
@@ -88,10 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--exact", action="store_true", help="decode every position per mask (reference computation) and report the difference")
     p.add_argument("--per", choices=("row", "image"), default="row", help="metric units (default: row, reference parity)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument("--batch-size", type=int, default=2, help="images encoded per step (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="images encoded per step (default 2)")
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
     try:
+        lock = lock_output(a.out)  # noqa: F841 - held until main returns
         ks = _parse_ks(a.k)
         cache = open_cache(a.cache)
         head, label = resolve_head(cache, a.head, a.label)
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  --exact: max |identity - exact| logit difference = {result.max_abs_diff_exact:.3g}")
         print("wrote " + ", ".join(str(x) for x in paths))
     except (ConceptError, HeadError, RankingError, MetricsError, CacheError, FormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

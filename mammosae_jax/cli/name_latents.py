@@ -33,6 +33,9 @@ from mammosae_jax.viz.concept_figures import plot_similarities
 from cache.atomic import write_csv_atomic as write_csv
 from mammosae_jax.analysis.naming_run import (Selection, default_cache_dir, format_table, matches_rows, names_rows,
                                               parse_latent_ids, prompt_embeddings, select_from_ranking)
+from mammosae_jax.cli.options import positive_int
+from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--ranking-class", type=int, action="append", default=None, metavar="C",
                      help="ranking class to take latents from; repeat for several (default: every class)")
     sel.add_argument("--ranking-suffix", default=None, metavar="S", help="ranking file suffix (default: the only one present)")
-    sel.add_argument("--top", type=int, default=20, metavar="N", help="latents taken from each ranking class (default 20)")
+    sel.add_argument("--top", type=positive_int, default=20, metavar="N", help="latents taken from each ranking class (default 20)")
     out = p.add_argument_group("scoring and output")
-    out.add_argument("--k", type=int, default=5, metavar="N", help="prompts reported per latent (default 5)")
+    out.add_argument("--k", type=positive_int, default=5, metavar="N", help="prompts reported per latent (default 5)")
     out.add_argument("--reverse-k", type=int, default=10, metavar="N", help="latents reported per prompt (default 10)")
     out.add_argument("--reverse-over", choices=("all", "selected"), default="all",
                      help="latents searched for each prompt: every SAE latent (default) or only the selected ones")
@@ -128,15 +131,17 @@ def run(a: argparse.Namespace) -> dict:
     return summary
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
     from mammosae_jax.formats.common import FormatError
     from mammosae_jax.analysis.ranking import RankingError
 
     a = build_parser().parse_args(argv)
     try:
+        lock = lock_output(a.out)  # noqa: F841 - held until main returns
         run(a)
     except (NamingError, PromptError, PromptEmbeddingError, FormatError, RankingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
 
 

@@ -18,6 +18,8 @@ from typing import Sequence
 
 from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.cli.options import add_train_options
+from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 EPILOG = """examples:
   python -m mammosae_jax.sweep --cache feats/ --out sweeps/l1 --variant relu --l1 1e-5,3e-5,1e-4 --expansion 8 --epochs 20
@@ -35,6 +37,8 @@ def _number_list(kind: type, what: str):
             values = tuple(kind(v) for v in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}") from None
+        if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+            raise argparse.ArgumentTypeError(f"values must be finite, got {text!r}")
         if any(v <= 0 for v in values):
             raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
         if len(set(values)) != len(values):
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import cache as cache_lib
@@ -100,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out)
     try:
+        lock = lock_output(out, what="trained")  # noqa: F841 - held until main returns
         if (out / SUMMARY).exists():
             raise SweepError(f"{out} already holds a finished sweep ({SUMMARY}); choose a new --out")
         feats = cache_lib.open_cache(args.cache)
@@ -132,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json_atomic(out / SUMMARY, summary)
     except (SweepError, TrainError, DataError, FormatError, cache_lib.CacheError, ConceptError, HeadError,
             MetricsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     print(format_table(rows, front))
     if concept is not None:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.cli.options import add_train_options, sae_config_from_args
+from cache.cli_errors import cli_main, print_error
 
 EPILOG = """examples:
   python -m mammosae_jax.train --cache feats/ --out runs/relu --epochs 200 --token-fraction 0.25
@@ -61,6 +62,7 @@ def _init_distributed(args: argparse.Namespace) -> None:
                                    num_processes=args.num_processes, process_id=args.process_id)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import cache as cache_lib
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        progress=not args.no_progress, extra={"command": ["python", "-m", "mammosae_jax.train",
                                                                           *(argv if argv is not None else sys.argv[1:])]})
     except (TrainError, DataError, FormatError, cache_lib.CacheError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     import jax
 

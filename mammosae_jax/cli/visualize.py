@@ -34,6 +34,9 @@ RULES = ("threshold", "percentile")
 BOX_COLUMNS = ("resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax")
 
 from mammosae_jax.viz.localize_run import VisualizeConfig, VisualizeError, run
+from mammosae_jax.cli.options import non_negative_int, positive_int
+from cache.cli_errors import cli_main, print_error
+from cache.lock import lock_output
 
 
 def _latent_list(text: str) -> tuple[int, ...]:
@@ -65,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--ranking", metavar="DIR", help="folder with top_k_concepts_class={c}_{label}[_suffix].json files")
     which.add_argument("--latents", metavar="J1,J2,...", type=_latent_list, help="comma-separated latent indices, e.g. 13867,15699")
     p.add_argument("--ranking-suffix", help="ranking file suffix (e.g. finetuned) if the folder holds several")
-    p.add_argument("--top", type=int, default=10, help="top-ranked latents to study (default: %(default)s)")
+    p.add_argument("--top", type=positive_int, default=10, help="top-ranked latents to study (default: %(default)s)")
     p.add_argument("--class", dest="cls", metavar="C", type=int, default=1, help="ranking class (default: %(default)s)")
-    p.add_argument("--n-images", type=int, default=11,
+    p.add_argument("--n-images", type=non_negative_int, default=11,
                    help="ground-truth images to draw; all are scored (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=0.3,
                    help="reference box rule: heatmap > threshold * max (default: %(default)s)")
@@ -78,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image score that ranks images for AP (default: %(default)s)")
     p.add_argument("--ap-iou", type=float, default=0.3,
                    help="IoU a ground-truth image's best box needs to be an AP hit (default: %(default)s)")
-    p.add_argument("--gallery-size", type=int, default=16, help="patches per gallery (default: %(default)s)")
-    p.add_argument("--window", type=int, default=192, help="gallery patch side in pixels (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per cache batch (default: %(default)s)")
+    p.add_argument("--gallery-size", type=non_negative_int, default=16, help="patches per gallery (default: %(default)s)")
+    p.add_argument("--window", type=positive_int, default=192, help="gallery patch side in pixels (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per cache batch (default: %(default)s)")
     return p
 
 
@@ -109,13 +112,15 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; bad input prints one ``error:`` line and exits with status 2."""
     args = build_parser().parse_args(argv)
     try:
+        lock = lock_output(args.out)  # noqa: F841 - held until main returns
         result = run(config_from_args(args))
     except _known_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         sys.exit(2)
     with pd.option_context("display.width", 160, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print(result.table.to_string(index=False))

@@ -2,8 +2,39 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
+
+# Allowed range of every numeric field: (low, low inclusive, high, high inclusive); None = unbounded.
+RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "lr": (0, False, None, False), "b1": (0, True, 1, False), "b2": (0, True, 1, False),
+    "eps": (0, False, None, False), "batch_size": (1, True, None, False), "epochs": (1, True, None, False),
+    "steps": (1, True, None, False), "token_fraction": (0, False, 1, True),
+    "resample_every_epochs": (0, True, None, False), "resample_stop_epochs": (0, True, None, False),
+    "resample_tokens": (1, True, None, False), "dead_after_tokens": (1, True, None, False),
+    "threshold_ema": (0, True, 1, True), "val_fraction": (0, True, 1, False),
+    "val_max_tokens": (1, True, None, False), "dense_above": (0, False, 1, True),
+    "checkpoint_every": (1, True, None, False), "keep_checkpoints": (1, True, None, False),
+    "log_every": (1, True, None, False), "prefetch": (1, True, None, False),
+}
+
+
+def check_range(name: str, value: float | None, rule: tuple[float | None, bool, float | None, bool],
+                flag: str | None = None) -> None:
+    """ValueError naming the flag (`--token-fraction`) unless `value` is finite and inside `rule`."""
+    if value is None or not isinstance(value, numbers.Real):
+        return  # e.g. a traced lr in the sweep's vmapped optimiser: the sweep checked the grid's values
+    low, low_in, high, high_in = rule
+    ok = not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or value > low or (low_in and value == low))
+    ok = ok and (high is None or value < high or (high_in and value == high))
+    if not ok:
+        lo = "" if low is None else f"{'>=' if low_in else '>'} {low}"
+        hi = "" if high is None else f"{'<=' if high_in else '<'} {high}"
+        want = " and ".join(x for x in (lo, hi) if x)
+        raise ValueError(f"{flag or '--' + name.replace('_', '-')} must be a finite number {want}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -56,15 +87,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs or steps")
-        for name in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints", "prefetch"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if (self.epochs or 1) <= 0 or (self.steps or 1) <= 0:
-            raise ValueError("epochs / steps must be positive")
-        if not 0.0 < self.token_fraction <= 1.0:
-            raise ValueError(f"token_fraction must be in (0, 1], got {self.token_fraction}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name, rule in RANGES.items():
+            check_range(name, getattr(self, name), rule)
 
     def dead_after_steps(self) -> int:
         """dead_after_tokens in steps (at least one)."""

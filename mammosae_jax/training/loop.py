@@ -29,15 +29,13 @@ from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
 from mammosae_jax.training.mesh import DataParallel, make_data_parallel
+from mammosae_jax.training.metric_window import load_window, save_window
 from mammosae_jax.training.resample import resample_dead, token_losses
+from mammosae_jax.training.resume_check import ResumeError, check_resume, content_id, run_lock
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
 from mammosae_jax.training.state import TrainState, init_state, make_optimizer
 from mammosae_jax.training.step import StepMetrics, make_train_step
 from mammosae_jax.training.validate import ValMetrics, evaluate
-
-# fields that may differ when resuming (they do not change the computation)
-RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_every", "prefetch",
-                     "val_max_tokens"}
 
 
 _token_losses = jax.jit(token_losses, static_argnums=0)
@@ -85,18 +83,11 @@ def _runtime() -> dict:
             "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count()}
 
 
-def _check_resume(path: Path, sae: dict, train: dict) -> None:
-    if not path.exists():
-        raise TrainError(f"{path} is missing; cannot check that --resume uses the same settings")
-    import json
-
-    old = json.loads(path.read_text(encoding="utf-8"))
-    for section, new in (("sae", sae), ("train", train)):
-        for key, value in new.items():
-            before = old.get(section, {}).get(key)
-            if key not in RESUMABLE_CHANGES and before != value:
-                raise TrainError(f"--resume with a different {section} setting {key!r}: the run used "
-                                 f"{before!r}, now {value!r}; use the same settings or a new --out")
+def _check_resume(path: Path, sae: dict, train: dict, data: dict) -> None:
+    try:
+        check_resume(path, sae, train, data)
+    except ResumeError as e:
+        raise TrainError(str(e)) from None
 
 
 def token_stream(cache, tc: TrainConfig, batch: int, seed: int, epoch: int, images: np.ndarray,
@@ -189,7 +180,7 @@ class _Trainer:
         tc, step = self.tc, int(state.step)
         bar = tqdm(total=self.total, initial=step, unit="step", disable=not progress or self.pid != 0,
                    dynamic_ncols=True)
-        acc, n_acc, waited, t_start = None, 0, 0.0, time.perf_counter()
+        (acc, n_acc), waited, t_start = load_window(self.out, step, StepMetrics, tc.log_every), 0.0, time.perf_counter()
         try:
             while step < self.total:
                 epoch, skip = divmod(step, self.spe)
@@ -221,6 +212,8 @@ class _Trainer:
                                 state = self.resample(state, epoch, step)
                             self.last_val = self.validate(state, epoch, step) or self.last_val
                         if step % tc.checkpoint_every == 0 or step == self.total:
+                            if self.pid == 0:
+                                save_window(self.out, step, acc, n_acc)  # a resume continues this window
                             self.save(ckpt, state, step)
                         t_start += time.perf_counter() - t_side  # throughput counts training only
                 finally:
@@ -274,7 +267,8 @@ def data_record(cache, train_split: str, split: DataSplit, spe: int, total: int)
     return {"cache": str(Path(cache.path).absolute()), "train_split": train_split,
             "n_train_images": int(len(split.train_images)), "n_val_images": int(len(split.val_images)),
             "val_patients": list(split.val_patients), "steps_per_epoch": spe, "total_steps": total,
-            "cache_dim": int(cache.dim), "cache_grid": list(cache.grid), "cache_images": len(cache)}
+            "cache_dim": int(cache.dim), "cache_grid": list(cache.grid), "cache_images": len(cache),
+            "cache_content": content_id(cache.manifest)}
 
 
 def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume: bool = False,
@@ -284,6 +278,8 @@ def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume:
     out = Path(out)
     dp, split, spe, total = plan_data(cache, config.d_in, tc, train_split, dp)
     out.mkdir(parents=True, exist_ok=True)
+    lock = run_lock(out, jax.process_index() == 0)
+    lock.__enter__()  # a second trainer of `out` is refused here; released on an error or after the export
     run_config = {
         "sae": config.to_dict(), "train": tc.to_dict(),
         "data": data_record(cache, train_split, split, spe, total),
@@ -298,13 +294,16 @@ def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume:
             raise TrainError(f"{out} already holds checkpoints (latest step {latest}); pass --resume to "
                              "continue that run or choose a new --out")
         if latest is not None:
-            _check_resume(out / CONFIG, run_config["sae"], run_config["train"])
+            _check_resume(out / CONFIG, run_config["sae"], run_config["train"], run_config["data"])
             state, _ = ckpt.restore(latest, state)
             trainer.last_checkpoint = latest
         trainer.log.truncate_after(int(state.step))
         if jax.process_index() == 0:
             write_json_atomic(out / CONFIG, run_config)
         state = trainer.run(state, ckpt, progress)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
     finally:
         ckpt.close()
     final = inference_config(config, state)
@@ -312,4 +311,5 @@ def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume:
         from mammosae_jax.models.sae_io import SAE, save_sae
 
         save_sae(out, SAE(final, jax.device_get(state.params)))
+    lock.__exit__(None, None, None)
     return RunResult(state, final, int(state.step), trainer.last_val)

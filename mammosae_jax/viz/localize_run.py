@@ -17,6 +17,7 @@ from tqdm import tqdm
 from mammosae_jax.viz import heatmap_figures as figs
 from cache.atomic import write_text_atomic
 from mammosae_jax.viz.galleries import LatentScan, cell_box, patch_window, scan_cache
+from mammosae_jax.viz.image_checks import png_size_problem, unreadable_png
 from mammosae_jax.viz.heatmaps import latent_encoder, latent_maps, upsample_bilinear
 from mammosae_jax.viz.localization import (IOU_THRESHOLDS, LatentSummary, PairScores, clip_boxes,
                                        localization_ap, percentile_boxes, score_pair, summarize,
@@ -217,7 +218,12 @@ def ground_truth(cfg: VisualizeConfig, cache: Any, split_idx: np.ndarray) -> dic
     truth = {}
     for i, raw in gt_boxes_by_image(row_table(cfg, cache), cfg.label, split_idx).items():
         png = png_of(cache, cfg.images, i)
-        hw = figs.image_hw(png)
+        try:
+            hw = figs.image_hw(png)
+        except OSError as e:
+            raise VisualizeError(f"cannot read {png} ({e}); restore the PNG and rerun") from None
+        if (problem := png_size_problem(png, hw, cache)) is not None:
+            raise VisualizeError(problem)
         boxes = clip_boxes(raw, hw)
         if len(boxes):
             truth[i] = Truth(png, hw, boxes)
@@ -309,10 +315,14 @@ def run(cfg: VisualizeConfig) -> Result:
     split_idx = np.asarray(cache.split_indices(cfg.split), np.int64)
     truth = ground_truth(cfg, cache, split_idx)
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     scan = scan_cache(cache, encode, len(latents), top_n=cfg.gallery_size, batch_size=cfg.batch_size,
                       progress=cfg.progress)
+    shown = list(truth)[: cfg.n_images] + ([int(i) for i, v in zip(scan.top.image_LN.ravel(), scan.top.value_LN.ravel())
+                                            if i >= 0 and v > 0] if cfg.gallery_size else [])
+    if (problem := unreadable_png(png_of(cache, cfg.images, i) for i in shown)) is not None:
+        raise VisualizeError(problem)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     scored = score_images(cfg, cache, encode, latents, truth, scan, out)
     table, map_by_rule = latent_table(cfg, latents, importance, scored, scan, split_idx, truth)
 
