@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Sequence
 
+from cache.cli_errors import cli_main, print_error
 from cache.config_options import add_config_options
 from mammosae_jax.dashboard.build import DashboardConfig, DashboardError, collect
 from mammosae_jax.dashboard.page import write_page
@@ -41,6 +42,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return DashboardError, CacheError, FormatError, RankingError, HeadError, FileNotFoundError
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; bad input prints one ``error:`` line and exits with status 2."""
     args = build_parser().parse_args(argv)
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = collect(cfg)
     except _known_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     path = write_page(data, cfg.out, title=f"SAE latents — {data['meta']['run']}")
     size_mb = path.stat().st_size / 1e6
