@@ -87,6 +87,21 @@ def test_resume_of_an_old_run_without_content_id_on_another_path_is_refused(tiny
                                "use the same settings or a new --out"]
 
 
+def test_resume_of_a_run_older_than_a_setting_takes_that_settings_default(tiny_cache, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(_args(tiny_cache, out, "--steps", "2", "--checkpoint-every", "1")) == 0
+    config = json.loads((out / "config.json").read_text())
+    for key in ("bandwidth", "init_threshold", "prefixes"):  # as written before the jumprelu/matryoshka variants
+        del config["sae"][key]
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(_args(tiny_cache, out, "--steps", "3", "--resume")) == 0
+    config["sae"].pop("bandwidth", None)
+    (out / "config.json").write_text(json.dumps(config))
+    rc, err = _run(capsys, _args(tiny_cache, out, "--steps", "4", "--resume", "--bandwidth", "0.1"))
+    assert rc == 2 and err == ["error: --resume with a different sae setting 'bandwidth': the run used 0.05, now 0.1; "
+                               "use the same settings or a new --out"]
+
+
 def test_resume_with_another_train_split_is_refused(tiny_cache, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(_args(tiny_cache, out, "--steps", "2", "--checkpoint-every", "1")) == 0

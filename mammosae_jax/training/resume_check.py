@@ -8,9 +8,11 @@ the patients held out and the epoch length. Each difference is refused by name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 # fields that may differ when resuming (they do not change the computation)
 RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "keep_checkpoints", "log_every", "prefetch",
@@ -32,6 +34,15 @@ def content_id(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def _defaults() -> dict[str, dict[str, Any]]:
+    """Each section's field defaults: a field a run's config.json lacks is older than the run, which used it."""
+    from mammosae_jax.models.sae import SAEConfig
+    from mammosae_jax.training.config import TrainConfig
+
+    return {section: {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+            for section, cls in (("sae", SAEConfig), ("train", TrainConfig))}
+
+
 def check_resume(path: Path, sae: dict, train: dict, data: dict) -> None:
     """ResumeError naming the first setting of `path` (a run's config.json) that the new run changes."""
     if not path.exists():
@@ -40,9 +51,11 @@ def check_resume(path: Path, sae: dict, train: dict, data: dict) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResumeError(f"{path} is damaged ({e}); cannot check that --resume uses the same settings") from None
+    defaults = _defaults()
     for section, new in (("sae", sae), ("train", train)):
         for key, value in new.items():
-            before = old.get(section, {}).get(key)
+            recorded = old.get(section, {})
+            before = recorded[key] if key in recorded else defaults[section].get(key)
             if key not in RESUMABLE_CHANGES and before != value:
                 raise ResumeError(f"--resume with a different {section} setting {key!r}: the run used "
                                   f"{before!r}, now {value!r}; {WAY_OUT}")
