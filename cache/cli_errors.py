@@ -42,6 +42,23 @@ def is_known(exc: BaseException, extra: tuple[type[BaseException], ...] = ()) ->
 
 
 _debug = [False]  # set by cli_main for the command it runs
+_held: list[Any] = []  # what `hold_until_return` was given while a command ran: released when it returns
+
+
+def hold_until_return(resource: Any) -> Any:
+    """Release `resource` (anything with `release()`, e.g. an output lock) when the running command returns.
+
+    Deterministic, unlike a local variable's finaliser: a traceback kept by an exception caught
+    inside the command would keep that local, and so the lock, alive until the next garbage
+    collection, and a second command run in the same process (the demo) would find it held.
+    """
+    _held.append(resource)
+    return resource
+
+
+def _release_held(since: int) -> None:
+    while len(_held) > since:
+        _held.pop().release()
 
 
 def error_line(exc: BaseException) -> str:
@@ -85,6 +102,7 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
         def run(argv: Sequence[str] | None = None, *args: Any, **kwargs: Any) -> Any:
             argv, debug = _split_debug(argv)
             _debug[0] = debug
+            held = len(_held)
             try:
                 return main(argv, *args, **kwargs)
             except SystemExit as exc:
@@ -101,5 +119,7 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
                 print_error(exc)
                 _exit_now_if_hdf5_failed(2)
                 raise SystemExit(2) from None
+            finally:
+                _release_held(held)
         return run
     return wrap(func) if func is not None else wrap

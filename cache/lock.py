@@ -2,7 +2,7 @@
 
     with FolderLock(run_dir):          # a second writer gets FolderBusyError at once
         ...write run_dir...
-    lock = lock_output(args.out)       # a CLI: `.out.lock` beside it, held until released or exit
+    lock_output(args.out)              # a CLI: `.out.lock` beside it, held until its main returns
 
 The lock is a flock(2) on `<folder>/<name>` (default `write.lock`) that records the holder's pid.
 The kernel releases a flock when its process dies, so a lock left by a process killed with
@@ -15,6 +15,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from .cli_errors import hold_until_return
 from .errors import CacheBusyError, CacheInputError
 
 LOCK_FILE = "write.lock"
@@ -69,7 +70,7 @@ class FolderLock:
 
 
 def lock_output(path: str | os.PathLike, *, is_file: bool = False, what: str = "written") -> FolderLock:
-    """Lock a command's output (folder or file) until released or the process ends.
+    """Lock a command's output (folder or file) until the command (`cli_main`) returns, or released.
 
     The lock file is `.<name>.lock` beside the output, so a command that then fails on its input
     leaves no output folder behind.
@@ -79,7 +80,7 @@ def lock_output(path: str | os.PathLike, *, is_file: bool = False, what: str = "
         raise CacheInputError(f"{path} is a folder; give the output file's name")
     if not is_file and path.exists() and not path.is_dir():
         raise CacheInputError(f"{path} is a file, not a folder; choose another output path")
-    return FolderLock(path.parent, f".{path.name}.lock", what=what, subject=path).acquire()
+    return hold_until_return(FolderLock(path.parent, f".{path.name}.lock", what=what, subject=path).acquire())
 
 
 def lock_is_held(path: Path) -> str | None:

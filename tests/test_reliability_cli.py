@@ -94,3 +94,38 @@ def test_a_real_cli_under_debug_prints_traceback_then_the_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "extract.convert_checkpoint", str(tmp_path / "x.pth"), str(folder)],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr == f"error: {folder} is a folder; give the output file's name\n"
+
+
+def test_an_output_lock_is_released_when_its_command_returns_even_if_a_traceback_keeps_the_frame(tmp_path):
+    import gc
+
+    from cache.lock import lock_output
+
+    out = tmp_path / "interventions"
+    kept = []
+
+    @cli_main
+    def command(argv=None):
+        lock_output(out)
+        try:
+            raise ValueError("caught inside the command")
+        except ValueError as e:
+            kept.append(e)  # its traceback references this frame: a cycle only the collector frees
+        return 0
+
+    gc.disable()
+    try:
+        assert command([]) == 0
+        assert command([]) == 0  # the demo runs one command after another in one process
+        lock_output(out).release()  # outside a command: released by hand
+        @cli_main
+        def twice(argv=None):
+            lock_output(out)
+            lock_output(out)
+
+        with pytest.raises(SystemExit) as e:  # within one command the lock is still held
+            twice([])
+        assert e.value.code == 2
+        lock_output(out).release()  # and released when that command failed
+    finally:
+        gc.enable()

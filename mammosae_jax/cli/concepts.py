@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
     try:
-        lock = lock_output(a.out)  # noqa: F841 - held until main returns
+        lock_output(a.out)  # held until main returns
         cache = open_cache(a.cache)
         sae = load_sae(a.sae)
         head = resolve_head(cache, a.head, a.label)[0] if a.score == "attribution" else None

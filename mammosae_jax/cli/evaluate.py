@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output folder for evaluation_{label}.json")
     a = p.parse_args(argv)
     try:
-        lock = lock_output(a.out)  # noqa: F841 - held until main returns
+        lock_output(a.out)  # held until main returns
         cache = open_cache(a.cache)
         head, label = resolve_head(cache, a.head, a.label)
         sae = load_sae(a.sae)

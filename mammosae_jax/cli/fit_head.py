@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-split", default="test", help="split to report on if present (default: test)")
     a = p.parse_args(argv)
     try:
-        lock = lock_output(a.out, is_file=True)  # noqa: F841 - held until main returns
+        lock_output(a.out, is_file=True)  # held until main returns
         cache = open_cache(a.cache)
         check_label(cache, a.label)
         pooled = cache.pooled()

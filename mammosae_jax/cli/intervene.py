@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
     try:
-        lock = lock_output(a.out)  # noqa: F841 - held until main returns
+        lock_output(a.out)  # held until main returns
         ks = _parse_ks(a.k)
         cache = open_cache(a.cache)
         head, label = resolve_head(cache, a.head, a.label)

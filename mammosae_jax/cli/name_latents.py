@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
     a = build_parser().parse_args(argv)
     try:
-        lock = lock_output(a.out)  # noqa: F841 - held until main returns
+        lock_output(a.out)  # held until main returns
         run(a)
     except (NamingError, PromptError, PromptEmbeddingError, FormatError, RankingError) as e:
         print_error(e)

@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out)
     try:
-        lock = lock_output(out, what="trained")  # noqa: F841 - held until main returns
+        lock_output(out, what="trained")  # held until main returns
         if (out / SUMMARY).exists():
             raise SweepError(f"{out} already holds a finished sweep ({SUMMARY}); choose a new --out")
         feats = cache_lib.open_cache(args.cache)

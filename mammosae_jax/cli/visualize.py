@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; bad input prints one ``error:`` line and exits with status 2."""
     args = build_parser().parse_args(argv)
     try:
-        lock = lock_output(args.out)  # noqa: F841 - held until main returns
+        lock_output(args.out)  # held until main returns
         result = run(config_from_args(args))
     except _known_errors() as e:
         print_error(e)
