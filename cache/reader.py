@@ -20,6 +20,7 @@ from .convert import all_finite, half_to_float
 from .head import Head, read_head
 from .prefetch import Prefetcher
 from .tokens import (Run, TokenStream, epoch_order, make_runs, partition_runs, token_batches, tokens_per_image)
+from .windows import Window, cache_windows
 from .writer import lock_is_held
 
 if TYPE_CHECKING:
@@ -284,6 +285,11 @@ class FeatureCache:
     def _runs(self, images: np.ndarray, run_images: int) -> list[Run]:
         return make_runs(images, self._starts, run_images)
 
+    def _process_runs(self, fraction: float, images, read_mb: float, shard_index: int, shard_count: int):
+        """(tokens per image, this process's runs in index order)."""
+        k = tokens_per_image(int(np.prod(self.grid)), fraction)
+        return k, partition_runs(self._runs(self._select(images), self._run_images(read_mb)), k, shard_index, shard_count)
+
     def _select(self, images: Sequence[int] | np.ndarray | None) -> np.ndarray:
         if images is None:
             return np.arange(len(self), dtype=np.int64)
@@ -345,8 +351,7 @@ class FeatureCache:
     def n_tokens(self, fraction: float = 1.0, images: Sequence[int] | np.ndarray | None = None, *,
                  shard_index: int = 0, shard_count: int = 1, read_mb: float = 64) -> int:
         """Tokens per epoch that `iter_tokens` with the same arguments yields (for this process)."""
-        k = tokens_per_image(int(np.prod(self.grid)), fraction)
-        runs = partition_runs(self._runs(self._select(images), self._run_images(read_mb)), k, shard_index, shard_count)
+        k, runs = self._process_runs(fraction, images, read_mb, shard_index, shard_count)
         return k * sum(r.stop - r.start for r in runs)
 
     def iter_tokens(self, batch_size: int, seed: int, epoch: int, fraction: float = 1.0,
@@ -367,9 +372,7 @@ class FeatureCache:
         """
         if batch_size < 1:
             raise CacheInputError(f"batch_size must be >= 1, got {batch_size}")
-        P = int(np.prod(self.grid))
-        k = tokens_per_image(P, fraction)
-        runs = partition_runs(self._runs(self._select(images), self._run_images(read_mb)), k, shard_index, shard_count)
+        k, runs = self._process_runs(fraction, images, read_mb, shard_index, shard_count)
         runs = epoch_order(runs, seed, epoch)
         n_tokens = k * sum(r.stop - r.start for r in runs)
         token_bytes = self.dim * self.dtype.itemsize
@@ -381,6 +384,11 @@ class FeatureCache:
                                workers=min(4, os.cpu_count() or 1) if workers is None else max(1, workers))
         n_batches = n_tokens // batch_size if drop_last else -(-n_tokens // batch_size)
         return TokenStream(source, n_tokens=n_tokens, n_batches=n_batches, prefetch=prefetch)
+
+    def iter_windows(self, batch_size: int, seed: int, epoch: int, fraction: float = 1.0, images=None,
+                     **kw) -> Iterator[Window]:
+        """`iter_tokens`'s epoch as `Window`s for a shuffle on the accelerator (`cache.windows.cache_windows`)."""
+        return cache_windows(self, batch_size, seed, epoch, fraction, images, **kw)
 
     # ------------------------------------------------------------------ verification
     def verify(self) -> VerifyResult:

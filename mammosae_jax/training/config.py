@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+FEEDS = ("device", "stream")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -51,7 +53,11 @@ class TrainConfig:
     log_every: int = 100
     """Write a metrics line every this many steps."""
     prefetch: int = 2
-    """Batches prepared ahead of the device by the loader thread."""
+    """Batches prepared ahead of the device by the loader thread (feed stream)."""
+    feed: str = "device"
+    """Training batches: device (the host reads windows as stored, the device shuffles, casts and batches) or stream (host-shuffled float32 batches)."""
+    window_mb: float = 0.0
+    """feed device: MiB of tokens per shuffle window (0 = 1/8 of the device memory, at most 4096; 256 on CPU)."""
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -61,6 +67,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if (self.epochs or 1) <= 0 or (self.steps or 1) <= 0:
             raise ValueError("epochs / steps must be positive")
+        if self.feed not in FEEDS:
+            raise ValueError(f"feed must be one of {', '.join(FEEDS)}, got {self.feed!r}")
+        if self.window_mb < 0:
+            raise ValueError(f"window_mb must be >= 0, got {self.window_mb}")
         if not 0.0 < self.token_fraction <= 1.0:
             raise ValueError(f"token_fraction must be in (0, 1], got {self.token_fraction}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -27,6 +27,7 @@ from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
+from mammosae_jax.training.feed import NonFiniteBatch, epoch_batches, non_finite_message, token_stream
 from mammosae_jax.training.mesh import DataParallel, make_data_parallel
 from mammosae_jax.training.resample import resample_dead, token_losses
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
@@ -61,8 +62,7 @@ class RunResult(NamedTuple):
 def finite_batch_on_devices(dp: DataParallel, tokens: np.ndarray, what: str, step: int, detail: str = "") -> jax.Array:
     """Place a token batch on the devices as float32; refuse one with NaN/inf, naming the step."""
     if not np.isfinite(tokens).all():
-        raise TrainError(f"non-finite value (NaN/inf) in the {what} batch of step {step}; stopped "
-                         f"before using it{detail}; check the cache with cache.verify()")
+        raise TrainError(non_finite_message(what, step, detail))
     return dp.put_batch(np.ascontiguousarray(tokens, np.float32))
 
 
@@ -98,14 +98,6 @@ def _check_resume(path: Path, sae: dict, train: dict) -> None:
                                  f"{before!r}, now {value!r}; use the same settings or a new --out")
 
 
-def token_stream(cache, tc: TrainConfig, batch: int, seed: int, epoch: int, images: np.ndarray,
-                 drop_last: bool, prefetch: int):
-    """This process's slice of the cache's token stream (shared by the trainer and the sweep)."""
-    return cache.iter_tokens(batch, seed, epoch, tc.token_fraction, images=images,
-                             shard_index=jax.process_index(), shard_count=jax.process_count(),
-                             drop_last=drop_last, prefetch=prefetch)
-
-
 class _Trainer:
     """State and helpers of one run (the public entry point is `train`)."""
 
@@ -125,8 +117,10 @@ class _Trainer:
     # ---------------------------------------------------------------- data
 
     def _checked(self, tokens: np.ndarray, what: str, step: int) -> jax.Array:
-        return finite_batch_on_devices(self.dp, tokens, what, step, ", no checkpoint written for it "
-                                       f"(last checkpoint: {self.last_checkpoint})")
+        return finite_batch_on_devices(self.dp, tokens, what, step, self._no_checkpoint())
+
+    def _no_checkpoint(self) -> str:
+        return f", no checkpoint written for it (last checkpoint: {self.last_checkpoint})"
 
     # ---------------------------------------------------------------- epoch-end work
     def resample_due(self, epochs_done: int) -> bool:
@@ -192,19 +186,19 @@ class _Trainer:
         try:
             while step < self.total:
                 epoch, skip = divmod(step, self.spe)
-                stream = token_stream(self.cache, self.tc, self.local_batch, tc.seed, epoch, self.split.train_images, True, tc.prefetch)
+                # a resumed run starts its epoch at the checkpoint's batch
+                batches = epoch_batches(self.cache, tc, self.dp, self.local_batch, epoch, self.split.train_images, skip)
                 try:
-                    batches = iter(stream)
-                    for _ in range(skip):  # a resumed run replays its epoch up to the checkpoint
-                        next(batches)
                     while step < self.total and step < (epoch + 1) * self.spe:
                         t0 = time.perf_counter()
                         try:
-                            tokens = next(batches).tokens
+                            x = next(batches)
                         except CacheError as e:
                             raise TrainError(f"reading the batch of step {step + 1}: {e}") from None
+                        except NonFiniteBatch:
+                            raise TrainError(non_finite_message("training", step + 1, self._no_checkpoint())) from None
                         waited += time.perf_counter() - t0
-                        state, metrics = self.step_fn(state, self._checked(tokens, "training", step + 1))
+                        state, metrics = self.step_fn(state, x)
                         step += 1
                         acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
                         n_acc += 1
@@ -223,7 +217,7 @@ class _Trainer:
                             self.save(ckpt, state, step)
                         t_start += time.perf_counter() - t_side  # throughput counts training only
                 finally:
-                    stream.close()
+                    batches.close()
         finally:
             bar.close()
         return state

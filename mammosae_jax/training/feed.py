@@ -1,0 +1,192 @@
+"""Training batches on the devices, one epoch at a time: the device feed (default) or the host stream.
+
+Device feed (`feed="device"`): a background thread takes the cache's windows (cache/windows.py:
+whole runs read sequentially, float16 as stored, with a seeded permutation each), puts each one
+on this process's devices (replicated over them) and checks there which of its batches hold a
+non-finite value, while the loop trains on the previous window (double buffering: at most three
+windows on the device: in use, ready, being read). Batch j of a window is
+`tokens[order[j*B:(j+1)*B]].astype(float32)`, gathered in jit on each device for its own rows of
+the global batch; with several processes the global batch is assembled from those pieces.
+
+Host stream (`feed="stream"`): `cache.iter_tokens` batches, checked and cast on the host and
+copied to the devices batch by batch (a resumed epoch replays its batches up to the step).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cache.prefetch import Prefetcher
+from mammosae_jax.training.config import TrainConfig
+from mammosae_jax.training.mesh import DataParallel
+
+MB = 1 << 20
+DEFAULT_WINDOW_MB = 256  # when the device does not report its memory (CPU)
+MAX_WINDOW_MB = 4096
+
+
+class NonFiniteBatch(Exception):
+    """Batch `index` of the epoch holds NaN or inf; the loop names the step."""
+
+    def __init__(self, index: int):
+        super().__init__(f"non-finite value in batch {index} of the epoch")
+        self.index = index
+
+
+def non_finite_message(what: str, step: int, detail: str = "") -> str:
+    """The one-line error for a non-finite batch."""
+    return (f"non-finite value (NaN/inf) in the {what} batch of step {step}; stopped before using it{detail}; "
+            "check the cache with cache.verify()")
+
+
+def token_stream(cache, tc: TrainConfig, batch: int, seed: int, epoch: int, images: np.ndarray,
+                 drop_last: bool, prefetch: int):
+    """This process's slice of the cache's host token stream (training with feed="stream", resampling, validation)."""
+    return cache.iter_tokens(batch, seed, epoch, tc.token_fraction, images=images,
+                             shard_index=jax.process_index(), shard_count=jax.process_count(),
+                             drop_last=drop_last, prefetch=prefetch)
+
+
+def window_mb(tc: TrainConfig) -> float:
+    """The window size: `tc.window_mb`, or (0) 1/8 of the first local device's memory, at most 4 GiB."""
+    if tc.window_mb > 0:
+        return tc.window_mb
+    try:
+        limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 - backends without memory stats
+        limit = None
+    return min(limit / 8 / MB, MAX_WINDOW_MB) if limit else DEFAULT_WINDOW_MB
+
+
+class _Layout(NamedTuple):
+    """Where this process's rows of a global batch live: its devices, in row order."""
+
+    replicated: NamedSharding  # a window: a full copy on every local device
+    rows: NamedSharding  # this process's batch rows, split over its devices in global row order
+    global_shape: tuple[int, int] | None  # None with one process (the local batch is the global batch)
+    batch: NamedSharding
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(dp: DataParallel, local_batch: int, dim: int) -> _Layout:
+    if jax.process_count() == 1:
+        return _Layout(dp.replicated, dp.batch, None, dp.batch)
+    shape = (local_batch * jax.process_count(), dim)
+    index = dp.batch.addressable_devices_indices_map(shape)
+    devices = sorted(index, key=lambda d: index[d][0].start or 0)
+    first = index[devices[0]][0].start or 0
+    if first != jax.process_index() * local_batch:
+        raise ValueError("the data mesh does not give each process a contiguous block of batch rows")
+    mesh = Mesh(np.array(devices), ("local",))
+    return _Layout(NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("local")), shape, dp.batch)
+
+
+@functools.lru_cache(maxsize=16)
+def _gather_fn(rows: NamedSharding, size: int):
+    def gather(tokens, order, start):
+        idx = jax.lax.dynamic_slice_in_dim(order, start, size)
+        return jnp.take(tokens, idx, axis=0).astype(jnp.float32)
+
+    return jax.jit(gather, out_shardings=rows)
+
+
+@jax.jit
+def _finite_rows(tokens: jax.Array) -> jax.Array:
+    return jnp.isfinite(tokens).all(axis=1)
+
+
+class _DeviceWindow(NamedTuple):
+    tokens: jax.Array  # (n, C) storage dtype, on every local device
+    order: jax.Array  # (n,) int32
+    first_batch: int
+    n_batches: int
+    n_tokens: int
+    bad: frozenset[int]  # epoch batch indices holding a non-finite value
+    host: object  # the cache.windows.Window (provenance)
+
+
+class DeviceFeed:
+    """Iterator of float32 global batches (jax.Array) from the epoch's windows, from batch `start`."""
+
+    def __init__(self, windows: Iterator, dp: DataParallel, local_batch: int, dim: int, start: int = 0,
+                 depth: int = 1):
+        self.layout = _layout(dp, local_batch, dim)
+        self.batch_size = local_batch
+        self.next_batch = start
+        self._win: _DeviceWindow | None = None
+        self._windows = Prefetcher(map(self._to_device, windows), depth)
+
+    def _to_device(self, w) -> _DeviceWindow:
+        tokens = jax.device_put(w.tokens, self.layout.replicated)
+        order = jax.device_put(w.order, self.layout.replicated)
+        bad_rows = ~np.asarray(_finite_rows(tokens))[w.order]
+        bad = frozenset(w.first_batch + int(j) // self.batch_size for j in np.flatnonzero(bad_rows))
+        return _DeviceWindow(tokens, order, w.first_batch, w.n_batches, len(w.order), bad, w)
+
+    def __iter__(self) -> "DeviceFeed":
+        return self
+
+    def __next__(self) -> jax.Array:
+        while self._win is None or self.next_batch >= self._win.first_batch + self._win.n_batches:
+            self._win = next(self._windows)
+        win, i = self._win, self.next_batch
+        if i in win.bad:
+            raise NonFiniteBatch(i)
+        a = (i - win.first_batch) * self.batch_size
+        size = min(self.batch_size, win.n_tokens - a)
+        x = _gather_fn(self.layout.rows, size)(win.tokens, win.order, np.int32(a))
+        self.next_batch += 1
+        if self.layout.global_shape is None:
+            return x
+        shape = (size * jax.process_count(), x.shape[1])
+        return jax.make_array_from_single_device_arrays(shape, self.layout.batch,
+                                                        [s.data for s in x.addressable_shards])
+
+    def provenance(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image index, h * W + w) of this process's rows of batch `index` of the current window."""
+        w = self._win.host
+        rows = w.order[(index - w.first_batch) * self.batch_size:][:self.batch_size]
+        return w.image_index[rows], w.position[rows]
+
+    def close(self) -> None:
+        self._windows.close()
+
+
+class StreamFeed:
+    """The host stream as float32 global batches, from batch `start` (replayed up to it)."""
+
+    def __init__(self, stream, dp: DataParallel, start: int = 0):
+        self.stream, self.dp, self.next_batch = stream, dp, 0
+        self._it = iter(stream)
+        for _ in range(start):
+            next(self._it)
+            self.next_batch += 1
+
+    def __iter__(self) -> "StreamFeed":
+        return self
+
+    def __next__(self) -> jax.Array:
+        tokens = next(self._it).tokens
+        self.next_batch += 1
+        if not np.isfinite(tokens).all():
+            raise NonFiniteBatch(self.next_batch - 1)
+        return self.dp.put_batch(np.ascontiguousarray(tokens, np.float32))
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def epoch_batches(cache, tc: TrainConfig, dp: DataParallel, local_batch: int, epoch: int, images: np.ndarray,
+                  start: int = 0) -> DeviceFeed | StreamFeed:
+    """The training batches of `epoch` from batch `start` on, through `tc.feed`; close() when done."""
+    if tc.feed == "stream":
+        return StreamFeed(token_stream(cache, tc, local_batch, tc.seed, epoch, images, True, tc.prefetch), dp, start)
+    windows = cache.iter_windows(local_batch, tc.seed, epoch, tc.token_fraction, images=images,
+                                 window_mb=window_mb(tc), shard_index=jax.process_index(),
+                                 shard_count=jax.process_count(), drop_last=True, start_batch=start)
+    return DeviceFeed(windows, dp, local_batch, cache.dim, start)
