@@ -11,7 +11,8 @@ Plan of one epoch of one process (deterministic in (seed, epoch)):
 The windows partition the epoch and each order is a bijection, so every selected token is in
 exactly one batch. Tokens stay in the storage dtype (no cast, no gather on the host): each run is
 read with one sequential read straight into its window (a run cut by a window boundary goes through
-one scratch run). Starting at batch `start_batch` reads only the windows from the one holding it.
+one scratch run); `alloc(n, dim, dtype)` gives each window's token buffer (a consumer's reusable
+staging buffers). Starting at batch `start_batch` reads only the windows from the one holding it.
 """
 from __future__ import annotations
 
@@ -80,8 +81,8 @@ class _RunTokens:
 
 def iter_windows(read_run: Callable[[Run, np.ndarray], np.ndarray], runs: list[Run], *, grid: tuple[int, int],
                  dim: int, dtype: np.dtype, batch_size: int, k: int, subset_seed: int, window_tokens: int,
-                 seed: int, epoch: int, shard_index: int, drop_last: bool,
-                 start_batch: int = 0) -> Iterator[Window]:
+                 seed: int, epoch: int, shard_index: int, drop_last: bool, start_batch: int = 0,
+                 alloc: Callable[[int, int, np.dtype], np.ndarray] | None = None) -> Iterator[Window]:
     """The windows of one process for one epoch (see the module docstring)."""
     if window_tokens % batch_size:
         raise ValueError(f"window_tokens {window_tokens} is not a multiple of the batch size {batch_size}")
@@ -94,7 +95,7 @@ def iter_windows(read_run: Callable[[Run, np.ndarray], np.ndarray], runs: list[R
     P = grid[0] * grid[1]
     while w * window_tokens < end:
         lo, hi = w * window_tokens, min((w + 1) * window_tokens, end)
-        tok = np.empty((hi - lo, dim), dtype)
+        tok = np.empty((hi - lo, dim), dtype) if alloc is None else alloc(hi - lo, dim, dtype)
         img = np.empty(hi - lo, np.int64)
         pos = np.empty(hi - lo, np.int32)
         i = int(np.searchsorted(cum, lo, side="right")) - 1
@@ -117,7 +118,8 @@ def iter_windows(read_run: Callable[[Run, np.ndarray], np.ndarray], runs: list[R
 
 def cache_windows(cache, batch_size: int, seed: int, epoch: int, fraction: float = 1.0, images=None, *,
                   window_mb: float = 256, shard_index: int = 0, shard_count: int = 1, drop_last: bool = False,
-                  start_batch: int = 0, read_mb: float = 64) -> Iterator[Window]:
+                  start_batch: int = 0, read_mb: float = 64,
+                  alloc: Callable[[int, int, np.dtype], np.ndarray] | None = None) -> Iterator[Window]:
     """The windows of ~`window_mb` MiB (whole batches) of `cache` for one process and epoch; the runs,
     process parts and per-image subsets (chosen by `seed`) are those of `cache.iter_tokens`."""
     if batch_size < 1:
@@ -127,4 +129,4 @@ def cache_windows(cache, batch_size: int, seed: int, epoch: int, fraction: float
     return iter_windows(cache.read_run, epoch_order(runs, seed, epoch), grid=cache.grid, dim=cache.dim,
                         dtype=cache.dtype, batch_size=batch_size, k=k, subset_seed=seed, window_tokens=window,
                         seed=seed, epoch=epoch, shard_index=shard_index, drop_last=drop_last,
-                        start_batch=start_batch)
+                        start_batch=start_batch, alloc=alloc)

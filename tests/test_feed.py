@@ -39,7 +39,8 @@ def test_device_batches_equal_the_host_reference_and_are_sharded(c, start):
     assert dp.n_devices == 4
     kw = dict(window_mb=3 * B * TOKEN_MB, read_mb=2 * P * TOKEN_MB)
     want = host_batches(c, **kw)
-    feed = DeviceFeed(c.iter_windows(B, 5, 1, drop_last=True, start_batch=start, **kw), dp, B, DIM, start)
+    feed = DeviceFeed(lambda alloc: c.iter_windows(B, 5, 1, drop_last=True, start_batch=start, alloc=alloc, **kw),
+                      dp, B, DIM, start)
     try:
         got = list(feed)
     finally:
@@ -99,7 +100,8 @@ def test_non_finite_batch_is_named(c, feed, monkeypatch):
 
 def test_close_stops_the_reader_thread(c):
     dp = make_data_parallel()
-    feed = DeviceFeed(c.iter_windows(B, 0, 0, drop_last=True, window_mb=B * TOKEN_MB), dp, B, DIM)
+    feed = DeviceFeed(lambda alloc: c.iter_windows(B, 0, 0, drop_last=True, window_mb=B * TOKEN_MB, alloc=alloc),
+                      dp, B, DIM)
     next(feed)
     feed.close()
     assert not any(t.name == "cache-prefetch" and t.is_alive() for t in threading.enumerate())

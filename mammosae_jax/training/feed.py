@@ -1,10 +1,11 @@
 """Training batches on the devices, one epoch at a time: the device feed (default) or the host stream.
 
-Device feed (`feed="device"`): a background thread takes the cache's windows (cache/windows.py:
-whole runs read sequentially, float16 as stored, with a seeded permutation each), puts each one
-on this process's devices (replicated over them) and checks there which of its batches hold a
-non-finite value, while the loop trains on the previous window (double buffering: at most three
-windows on the device: in use, ready, being read). Batch j of a window is
+Device feed (`feed="device"`): a background thread reads the cache's windows (cache/windows.py:
+whole runs read sequentially, float16 as stored, with a seeded permutation each) into reusable
+page-aligned staging buffers, checks them for NaN/inf and puts each one on this process's devices
+(replicated over them) while the loop trains on the previous window (double buffering). Where
+the device aliases host memory (CPU) the put is free and a buffer is reused only once the
+batches of its window are computed; elsewhere (GPU) it is reused as soon as the copy is done. Batch j of a window is
 `tokens[order[j*B:(j+1)*B]].astype(float32)`, gathered in jit on each device for its own rows of
 the global batch; with several processes the global batch is assembled from those pieces.
 
@@ -14,13 +15,16 @@ copied to the devices batch by batch (a resumed epoch replays its batches up to 
 from __future__ import annotations
 
 import functools
-from typing import Iterator, NamedTuple
+import queue
+import threading
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cache.convert import all_finite
 from cache.prefetch import Prefetcher
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.mesh import DataParallel
@@ -28,6 +32,7 @@ from mammosae_jax.training.mesh import DataParallel
 MB = 1 << 20
 DEFAULT_WINDOW_MB = 256  # when the device does not report its memory (CPU)
 MAX_WINDOW_MB = 4096
+SPARE_BUFFERS = 4
 
 
 class NonFiniteBatch(Exception):
@@ -95,57 +100,125 @@ def _gather_fn(rows: NamedSharding, size: int):
     return jax.jit(gather, out_shardings=rows)
 
 
-@jax.jit
-def _finite_rows(tokens: jax.Array) -> jax.Array:
-    return jnp.isfinite(tokens).all(axis=1)
+_SPARE: list[np.ndarray] = []  # staging buffers of closed feeds (fresh pages cost a fault each)
+_SPARE_LOCK = threading.Lock()
+
+
+class _Staging:
+    """At most `count` page-aligned, pre-touched host buffers for windows, taken and given back;
+    kept for the next feed (the next epoch) on close()."""
+
+    def __init__(self, count: int):
+        self.free: queue.Queue = queue.Queue()
+        with _SPARE_LOCK:
+            for _ in range(min(count, len(_SPARE))):
+                self.free.put(_SPARE.pop())
+        self.left = count - self.free.qsize()
+        self.buffers: dict[int, np.ndarray] = {}  # data address -> its uint8 buffer
+
+    def take(self, n: int, dim: int, dtype: np.dtype) -> np.ndarray:
+        """An (n, dim) array in a buffer; blocks while all `count` are in use."""
+        nbytes = n * dim * np.dtype(dtype).itemsize
+        if self.free.empty() and self.left > 0:
+            self.left -= 1
+            buf = np.zeros(0, np.uint8)
+        else:
+            buf = self.free.get()
+        if buf.nbytes < nbytes:
+            raw = np.empty(nbytes + 4096, np.uint8)
+            off = -raw.ctypes.data % 4096
+            buf = raw[off:off + nbytes]
+            buf[::4096] = 0  # fault every page in now, not during the read
+        view = buf[:nbytes].view(dtype).reshape(n, dim)
+        self.buffers[view.ctypes.data] = buf
+        return view
+
+    def give(self, tokens: np.ndarray) -> None:
+        self.free.put(self.buffers.pop(tokens.ctypes.data))
+
+    def close(self) -> None:
+        """Keep the free buffers for later feeds (those still in flight are dropped)."""
+        with _SPARE_LOCK:
+            while not self.free.empty():
+                buf = self.free.get_nowait()
+                if buf.nbytes:
+                    _SPARE.append(buf)
+            del _SPARE[:-SPARE_BUFFERS]
 
 
 class _DeviceWindow(NamedTuple):
     tokens: jax.Array  # (n, C) storage dtype, on every local device
     order: jax.Array  # (n,) int32
-    first_batch: int
-    n_batches: int
-    n_tokens: int
     bad: frozenset[int]  # epoch batch indices holding a non-finite value
-    host: object  # the cache.windows.Window (provenance)
+    host: object  # the cache.windows.Window, without its tokens (provenance)
+    staged: np.ndarray | None  # the staging buffer the device array aliases (given back after its batches)
+
+
+def _bad_batches(w, batch_size: int) -> frozenset[int]:
+    """Epoch indices of the window's batches that hold a NaN/inf."""
+    if all_finite(w.tokens):
+        return frozenset()
+    bad_rows = ~np.isfinite(w.tokens).all(axis=1)[w.order]
+    return frozenset(w.first_batch + int(j) // batch_size for j in np.flatnonzero(bad_rows))
 
 
 class DeviceFeed:
-    """Iterator of float32 global batches (jax.Array) from the epoch's windows, from batch `start`."""
+    """Iterator of float32 global batches (jax.Array) from the epoch's windows, from batch `start`.
 
-    def __init__(self, windows: Iterator, dp: DataParallel, local_batch: int, dim: int, start: int = 0,
-                 depth: int = 1):
+    `windows(alloc)` yields the `cache.windows.Window`s, reading tokens into `alloc(n, dim, dtype)`."""
+
+    def __init__(self, windows: Callable[..., Iterator], dp: DataParallel, local_batch: int, dim: int,
+                 start: int = 0, depth: int = 1):
         self.layout = _layout(dp, local_batch, dim)
         self.batch_size = local_batch
         self.next_batch = start
         self._win: _DeviceWindow | None = None
-        self._windows = Prefetcher(map(self._to_device, windows), depth)
+        self._staging = _Staging(depth + 3)  # in use, queued, being checked and put, being read
+        read = Prefetcher(windows(self._staging.take), 1)  # reading overlaps checking and putting
+        self._windows = Prefetcher(map(self._to_device, read), depth)
 
     def _to_device(self, w) -> _DeviceWindow:
+        bad = _bad_batches(w, self.batch_size)
         tokens = jax.device_put(w.tokens, self.layout.replicated)
         order = jax.device_put(w.order, self.layout.replicated)
-        bad_rows = ~np.asarray(_finite_rows(tokens))[w.order]
-        bad = frozenset(w.first_batch + int(j) // self.batch_size for j in np.flatnonzero(bad_rows))
-        return _DeviceWindow(tokens, order, w.first_batch, w.n_batches, len(w.order), bad, w)
+        address = w.tokens.ctypes.data
+        if any(s.data.unsafe_buffer_pointer() == address for s in tokens.addressable_shards):
+            staged = w.tokens  # zero-copy (CPU): the device reads the staging buffer itself
+        else:
+            tokens.block_until_ready()
+            self._staging.give(w.tokens)
+            staged = None
+        return _DeviceWindow(tokens, order, bad, w._replace(tokens=None), staged)
 
     def __iter__(self) -> "DeviceFeed":
         return self
 
     def __next__(self) -> jax.Array:
-        while self._win is None or self.next_batch >= self._win.first_batch + self._win.n_batches:
+        while self._win is None or self.next_batch >= self._win.host.first_batch + self._win.host.n_batches:
+            if self._win is not None and self._win.staged is not None:
+                self._staging.give(self._win.staged)  # its batches are computed (below)
             self._win = next(self._windows)
         win, i = self._win, self.next_batch
         if i in win.bad:
             raise NonFiniteBatch(i)
-        a = (i - win.first_batch) * self.batch_size
-        size = min(self.batch_size, win.n_tokens - a)
+        a = (i - win.host.first_batch) * self.batch_size
+        size = min(self.batch_size, len(win.host.order) - a)
         x = _gather_fn(self.layout.rows, size)(win.tokens, win.order, np.int32(a))
+        if win.staged is not None:
+            x.block_until_ready()  # the staging buffer may be refilled once the window's batches exist
         self.next_batch += 1
         if self.layout.global_shape is None:
             return x
         shape = (size * jax.process_count(), x.shape[1])
         return jax.make_array_from_single_device_arrays(shape, self.layout.batch,
                                                         [s.data for s in x.addressable_shards])
+
+    def device_windows(self) -> Iterator[jax.Array]:
+        """The windows' device token arrays, materialised, without batching them (measures the feed alone)."""
+        for win in self._windows:
+            yield win.tokens.block_until_ready()
+            if win.staged is not None:
+                self._staging.give(win.staged)
 
     def provenance(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image index, h * W + w) of this process's rows of batch `index` of the current window."""
@@ -155,6 +228,7 @@ class DeviceFeed:
 
     def close(self) -> None:
         self._windows.close()
+        self._staging.close()
 
 
 class StreamFeed:
@@ -186,7 +260,9 @@ def epoch_batches(cache, tc: TrainConfig, dp: DataParallel, local_batch: int, ep
     """The training batches of `epoch` from batch `start` on, through `tc.feed`; close() when done."""
     if tc.feed == "stream":
         return StreamFeed(token_stream(cache, tc, local_batch, tc.seed, epoch, images, True, tc.prefetch), dp, start)
-    windows = cache.iter_windows(local_batch, tc.seed, epoch, tc.token_fraction, images=images,
-                                 window_mb=window_mb(tc), shard_index=jax.process_index(),
-                                 shard_count=jax.process_count(), drop_last=True, start_batch=start)
+    def windows(alloc):
+        return cache.iter_windows(local_batch, tc.seed, epoch, tc.token_fraction, images=images,
+                                  window_mb=window_mb(tc), shard_index=jax.process_index(),
+                                  shard_count=jax.process_count(), drop_last=True, start_batch=start, alloc=alloc)
+
     return DeviceFeed(windows, dp, local_batch, cache.dim, start)
