@@ -11,10 +11,14 @@ folder, then, in the same run and on the same (page-cached) files, measures:
 - device feed: one epoch of the training feed (`mammosae_jax.training.feed.DeviceFeed`, batches of
   4096, windows of `window_mb`): stored float16 token bytes delivered per second as float32 batches
   on the (here: CPU) JAX device, each batch materialised (block_until_ready); best of `repeats`;
+- data wait: a tiny SAE (2048 -> 256, relu, batch 4096, where the step is cheap) trained for
+  `wait_epochs` epochs on the cache through `mammosae_jax.training.loop.train` with the device
+  feed: the fraction of training wall time spent waiting for batches, from its metrics log (one
+  record per epoch; the first, which holds the compilations, is reported separately);
 - naive: a per-token random-access loader (`features[i, h, w]` through h5py, the way a
   map-style token Dataset reads), run for a bounded number of tokens and extrapolated;
 - peak resident memory while streaming (Linux VmHWM, reset before the stream).
-Targets: device feed >= 70 % of sequential; peak RSS < 1 GB (`iter_tokens` has no target since
+Targets: device feed >= 70 % of sequential; data wait <= 5 %; peak RSS < 1 GB (`iter_tokens` has no target since
 the device feed replaced it for training).
 """
 from __future__ import annotations
@@ -111,6 +115,27 @@ def device_feed_epoch(c, epoch: int, batch_size: int, seed: int, window_mb: floa
     return n_tok * c.dim * c.dtype.itemsize, time.perf_counter() - t0, time.process_time() - c0
 
 
+def tiny_sae_data_wait(c, workdir: Path, epochs: int, batch_size: int, seed: int, window_mb: float) -> dict:
+    """Train a tiny SAE on `c` with the device feed; the data-wait fraction of each epoch's log record."""
+    import json
+
+    from mammosae_jax.models.sae import SAEConfig
+    from mammosae_jax.training.config import TrainConfig
+    from mammosae_jax.training.loop import train
+
+    spe = c.n_tokens() // batch_size
+    tc = TrainConfig(batch_size=batch_size, epochs=epochs, seed=seed, val_fraction=0.0, resample_every_epochs=0,
+                     log_every=spe, checkpoint_every=10 * epochs * spe, window_mb=window_mb)
+    t0 = time.perf_counter()
+    train(c, workdir / "tiny_sae", SAEConfig(c.dim, 256, l1_coeff=1e-3), tc, progress=False)
+    records = [json.loads(line) for line in (workdir / "tiny_sae" / "metrics.jsonl").read_text().splitlines()]
+    waits = [r["data_wait_fraction"] for r in records if r.get("split") == "train"]
+    steady = waits[1:] or waits
+    return {"epochs": epochs, "steps": epochs * spe, "wall_s": time.perf_counter() - t0, "per_epoch": waits,
+            "first_epoch": waits[0], "steady": max(steady),
+            "tokens_per_s": [r["tokens_per_s"] for r in records if r.get("split") == "train"]}
+
+
 def naive_random_access(c, n_tokens: int, seed: int) -> tuple[int, float, float]:
     """Per-token h5py reads in random order (what a map-style token Dataset does)."""
     import h5py
@@ -132,7 +157,8 @@ def naive_random_access(c, n_tokens: int, seed: int) -> tuple[int, float, float]
 
 
 def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, naive_tokens: int = 1000,
-        seed: int = 0, repeats: int = 2, buffer_mb: float = 64, window_mb: float = 64, dtype: str = "float16",
+        seed: int = 0, repeats: int = 2, buffer_mb: float = 64, window_mb: float = 64, wait_epochs: int = 3,
+        dtype: str = "float16",
         workdir: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> dict:
     """Build a cache of about `gigabytes` and measure the three readers; returns the numbers."""
     from cache import open_cache
@@ -157,6 +183,7 @@ def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, na
         m["device_batches"] = best(device_feed_epoch(c, e, batch_size, seed, window_mb, True) for e in range(1, 1 + repeats))
         rss_peak = _rss_peak_bytes()
         m["naive"] = naive_random_access(c, naive_tokens, seed)
+        wait = tiny_sae_data_wait(c, Path(tmp), wait_epochs, batch_size, seed, window_mb) if wait_epochs else None
         file_bytes = sum(p.stat().st_size for p in files)
     mbps = {k: v[0] / v[1] / _MB for k, v in m.items()}
     seq, tok0, tok1, raw, naive, dev, dev_b = (mbps[k] for k in ("sequential", "tokens_epoch0", "tokens",
@@ -166,7 +193,7 @@ def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, na
         "n_images": n_images, "dtype": dtype, "cache_bytes": file_bytes, "batch_size": batch_size, "shard_size": shard_size,
         "build_s": build_s,
         "buffer_mb": buffer_mb, "window_mb": window_mb, "device_feed_MBps": dev,
-        "device_batches_MBps": dev_b,
+        "device_batches_MBps": dev_b, "tiny_sae_data_wait": wait,
         "sequential_MBps": seq, "tokens_epoch0_MBps": tok0, "tokens_MBps": tok1,
         "tokens_as_stored_MBps": raw, "naive_MBps": naive,
         "tokens_per_s": m["tokens"][0] / (DIM * np.dtype(dtype).itemsize) / m["tokens"][1],
@@ -191,6 +218,9 @@ def run(gigabytes: float = 0.2, batch_size: int = 4096, shard_size: int = 16, na
                                          "what": "MB per CPU-second, tokens / sequential (less sensitive to a busy machine)"},
             "tokens_vs_naive": {"value": tok1 / naive, "target": None, "higher_is_better": True,
                                 "what": "iter_tokens MB/s / per-token random-access MB/s"},
+            **({"tiny_sae_data_wait": {"value": wait["steady"], "target": 0.05, "higher_is_better": False,
+                                       "what": "fraction of a tiny SAE's training time spent waiting for "
+                                               "device-feed batches (worst epoch after the first)"}} if wait else {}),
             "peak_rss_GB": {"value": rss_peak / 1e9, "target": 1.0, "higher_is_better": False,
                             "what": "peak resident memory while streaming the epochs"},
         },
@@ -220,6 +250,11 @@ def format_table(r: dict) -> str:
     cpu = r["MB_per_cpu_s"]
     lines.append(f"MB per CPU-second: sequential {cpu['sequential']:.0f}, device feed {cpu['device_feed']:.0f}, "
                  f"iter_tokens {cpu['tokens']:.0f}, as_stored {cpu['tokens_as_stored']:.0f}")
+    if r["tiny_sae_data_wait"]:
+        w = r["tiny_sae_data_wait"]
+        lines.append(f"tiny SAE (2048 -> 256) on the device feed: data wait {w['steady']:.1%} of training time "
+                     f"(worst epoch after the first; first epoch, with compilation, {w['first_epoch']:.1%}), "
+                     f"{w['steps']} steps, {w['tokens_per_s'][-1]:.0f} tokens/s")
     lines.append(f"cache {r['cache_bytes'] / 1e9:.2f} GB {r['dtype']} ({r['n_images']} images), batch {r['batch_size']}, "
                  f"shuffle buffer {r['buffer_mb']:g} MB, device-feed window {r['window_mb']:g} MiB, "
                  f"peak RSS while streaming {r['peak_rss_bytes'] / 1e9:.2f} GB")
@@ -236,13 +271,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="iter_tokens shuffle buffer (default 64, below the cache size so eviction is measured)")
     parser.add_argument("--window-mb", type=float, default=64,
                         help="device-feed window (default 64, below the cache size so double buffering is measured)")
+    parser.add_argument("--wait-epochs", type=int, default=3,
+                        help="epochs of the tiny-SAE data-wait run (0 skips it; default 3)")
     parser.add_argument("--naive-tokens", type=int, default=1000, help="tokens read by the naive loader")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many sequential reads / later epochs")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build the temporary cache")
     parser.add_argument("--out", type=Path, default=Path("bench_out/cache_read.json"))
     args = parser.parse_args(argv)
-    if args.gigabytes <= 0 or args.buffer_mb <= 0 or args.window_mb <= 0 or min(args.batch_size, args.shard_size, args.naive_tokens, args.repeats) < 1:
+    if (args.gigabytes <= 0 or args.buffer_mb <= 0 or args.window_mb <= 0 or args.wait_epochs < 0
+            or min(args.batch_size, args.shard_size, args.naive_tokens, args.repeats) < 1):
         print("error: --gigabytes, --buffer-mb, --window-mb, --batch-size, --shard-size, --naive-tokens and --repeats must be positive",
               file=sys.stderr)
         return 2
@@ -250,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(gigabytes=args.gigabytes, batch_size=args.batch_size, shard_size=args.shard_size,
                      naive_tokens=args.naive_tokens, seed=args.seed, repeats=args.repeats, buffer_mb=args.buffer_mb,
-                     window_mb=args.window_mb,
+                     window_mb=args.window_mb, wait_epochs=args.wait_epochs,
                      dtype=args.dtype, workdir=args.workdir,
                      out=args.out)
     except (CacheError, OSError) as e:

@@ -4,8 +4,9 @@ Device feed (`feed="device"`): a background thread reads the cache's windows (ca
 whole runs read sequentially, float16 as stored, with a seeded permutation each) into reusable
 page-aligned staging buffers, checks them for NaN/inf and puts each one on this process's devices
 (replicated over them) while the loop trains on the previous window (double buffering). Where
-the device aliases host memory (CPU) the put is free and a buffer is reused only once the
-batches of its window are computed; elsewhere (GPU) it is reused as soon as the copy is done. Batch j of a window is
+the device aliases host memory (CPU) the put is free and a buffer is reused one window after its
+own, once the window's last batch is computed (a device runs its computations in dispatch
+order); elsewhere (GPU) it is reused as soon as the copy is done. Batch j of a window is
 `tokens[order[j*B:(j+1)*B]].astype(float32)`, gathered in jit on each device for its own rows of
 the global batch; with several processes the global batch is assembled from those pieces.
 
@@ -173,7 +174,9 @@ class DeviceFeed:
         self.batch_size = local_batch
         self.next_batch = start
         self._win: _DeviceWindow | None = None
-        self._staging = _Staging(depth + 3)  # in use, queued, being checked and put, being read
+        self._last: jax.Array | None = None  # the newest batch
+        self._retired: tuple[np.ndarray, jax.Array] | None = None  # (buffer, its last batch), one window back
+        self._staging = _Staging(depth + 3)  # the window before, in use, being put, being read
         read = Prefetcher(windows(self._staging.take), 1)  # reading overlaps checking and putting
         self._windows = Prefetcher(map(self._to_device, read), depth)
 
@@ -195,17 +198,19 @@ class DeviceFeed:
 
     def __next__(self) -> jax.Array:
         while self._win is None or self.next_batch >= self._win.host.first_batch + self._win.host.n_batches:
+            if self._retired is not None:
+                self._retired[1].block_until_ready()  # long done: the batches of a whole window ago
+                self._staging.give(self._retired[0])
+                self._retired = None
             if self._win is not None and self._win.staged is not None:
-                self._staging.give(self._win.staged)  # its batches are computed (below)
+                self._retired = (self._win.staged, self._last)
             self._win = next(self._windows)
         win, i = self._win, self.next_batch
         if i in win.bad:
             raise NonFiniteBatch(i)
         a = (i - win.host.first_batch) * self.batch_size
         size = min(self.batch_size, len(win.host.order) - a)
-        x = _gather_fn(self.layout.rows, size)(win.tokens, win.order, np.int32(a))
-        if win.staged is not None:
-            x.block_until_ready()  # the staging buffer may be refilled once the window's batches exist
+        x = self._last = _gather_fn(self.layout.rows, size)(win.tokens, win.order, np.int32(a))
         self.next_batch += 1
         if self.layout.global_shape is None:
             return x
