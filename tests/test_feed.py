@@ -10,8 +10,7 @@ import pytest
 from cache import open_cache
 from helpers.cache_data import DIM, GRID, write_cache
 from mammosae_jax.training.config import TrainConfig
-from mammosae_jax.training.feed import (DEFAULT_WINDOW_MB, DeviceFeed, NonFiniteBatch, epoch_batches,
-                                        window_mb)
+from mammosae_jax.training.feed import DEFAULT_WINDOW_MB, DeviceFeed, NonFiniteBatch, TrainFeed, window_mb
 from mammosae_jax.training.mesh import make_data_parallel
 
 P = GRID[0] * GRID[1]
@@ -51,20 +50,27 @@ def test_device_batches_equal_the_host_reference_and_are_sharded(c, start):
         np.testing.assert_array_equal(np.asarray(x), ref)
 
 
-def test_epoch_batches_cover_the_epoch_once_with_provenance(c):
+def test_train_feed_reads_on_across_epochs_each_covered_once_with_provenance(c, monkeypatch):
     dp = make_data_parallel()
     tc = TrainConfig(steps=1, batch_size=B, window_mb=2 * B * TOKEN_MB, seed=5)
-    feed = epoch_batches(c, tc, dp, B, 1, np.arange(11))
-    keys = []
+    calls = []
+    real = c.iter_windows
+    monkeypatch.setattr(c, "iter_windows", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    feeds = TrainFeed(c, tc, dp, B, np.arange(11), n_epochs=3)
     try:
-        for i, x in enumerate(feed):
-            img, pos = feed.provenance(i)
-            keys += list(zip(img.tolist(), pos.tolist()))
-            for row, j, p in zip(np.asarray(x), img, pos):  # provenance names the row's token
-                np.testing.assert_array_equal(row, c.feature_map(int(j))[p // GRID[1], p % GRID[1]])
+        for epoch in range(3):
+            keys = []
+            batches = feeds.epoch(epoch)
+            for i, x in enumerate(batches):
+                img, pos = batches.provenance(i)
+                keys += list(zip(img.tolist(), pos.tolist()))
+                for row, j, p in zip(np.asarray(x), img, pos):  # provenance names the row's token
+                    np.testing.assert_array_equal(row, c.feature_map(int(j))[p // GRID[1], p % GRID[1]])
+            batches.close()
+            assert len(keys) == len(set(keys)) == 11 * P // B * B
     finally:
-        feed.close()
-    assert len(keys) == len(set(keys)) == 11 * P // B * B
+        feeds.close()
+    assert calls == [0, 1, 2]  # one reader for the whole run, not one per epoch
 
 
 @pytest.mark.parametrize("feed", ["device", "stream"])
@@ -87,7 +93,8 @@ def test_non_finite_batch_is_named(c, feed, monkeypatch):
 
     monkeypatch.setattr(c, "iter_windows", poisoned_windows)
     monkeypatch.setattr(c, "iter_tokens", poisoned_tokens)
-    batches = epoch_batches(c, tc, dp, B, 0, np.arange(11))
+    feeds = TrainFeed(c, tc, dp, B, np.arange(11), n_epochs=1)
+    batches = feeds.epoch(0)
     try:
         for _ in range(5):
             next(batches)
@@ -96,6 +103,7 @@ def test_non_finite_batch_is_named(c, feed, monkeypatch):
         assert e.value.index == 5
     finally:
         batches.close()
+        feeds.close()
 
 
 def test_close_stops_the_reader_thread(c):

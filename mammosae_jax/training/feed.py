@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cache.convert import all_finite
 from cache.prefetch import Prefetcher
+from cache.windows import Window
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.mesh import DataParallel
 
@@ -148,6 +149,7 @@ class _Staging:
 
 
 class _DeviceWindow(NamedTuple):
+    epoch: int
     tokens: jax.Array  # (n, C) storage dtype, on every local device
     order: jax.Array  # (n,) int32
     bad: frozenset[int]  # epoch batch indices holding a non-finite value
@@ -164,15 +166,17 @@ def _bad_batches(w, batch_size: int) -> frozenset[int]:
 
 
 class DeviceFeed:
-    """Iterator of float32 global batches (jax.Array) from the epoch's windows, from batch `start`.
+    """Iterator of float32 global batches (jax.Array) of epoch `epoch` from batch `start` on.
 
-    `windows(alloc)` yields the `cache.windows.Window`s, reading tokens into `alloc(n, dim, dtype)`."""
+    `windows(alloc)` yields `cache.windows.Window`s, or (epoch, Window) pairs for several epochs in
+    order (reading on across an epoch's end), with tokens read into `alloc(n, dim, dtype)`;
+    `seek(epoch, 0)` moves on to a later epoch."""
 
     def __init__(self, windows: Callable[..., Iterator], dp: DataParallel, local_batch: int, dim: int,
-                 start: int = 0, depth: int = 1):
+                 start: int = 0, depth: int = 1, epoch: int = 0):
         self.layout = _layout(dp, local_batch, dim)
         self.batch_size = local_batch
-        self.next_batch = start
+        self.epoch, self.next_batch = epoch, start
         self._win: _DeviceWindow | None = None
         self._last: jax.Array | None = None  # the newest batch
         self._retired: tuple[np.ndarray, jax.Array] | None = None  # (buffer, its last batch), one window back
@@ -180,7 +184,8 @@ class DeviceFeed:
         read = Prefetcher(windows(self._staging.take), 1)  # reading overlaps checking and putting
         self._windows = Prefetcher(map(self._to_device, read), depth)
 
-    def _to_device(self, w) -> _DeviceWindow:
+    def _to_device(self, item) -> _DeviceWindow:
+        epoch, w = (self.epoch, item) if isinstance(item, Window) else item
         bad = _bad_batches(w, self.batch_size)
         tokens = jax.device_put(w.tokens, self.layout.replicated)
         order = jax.device_put(w.order, self.layout.replicated)
@@ -191,13 +196,24 @@ class DeviceFeed:
             tokens.block_until_ready()
             self._staging.give(w.tokens)
             staged = None
-        return _DeviceWindow(tokens, order, bad, w._replace(tokens=None), staged)
+        return _DeviceWindow(epoch, tokens, order, bad, w._replace(tokens=None), staged)
 
     def __iter__(self) -> "DeviceFeed":
         return self
 
+    def seek(self, epoch: int, start: int) -> None:
+        """Continue with batch `start` of `epoch` (not behind the windows already read)."""
+        self.epoch, self.next_batch = epoch, start
+
+    def _behind(self, win: _DeviceWindow) -> bool:
+        """Whether the current window is before the next batch wanted."""
+        return win.epoch < self.epoch or (win.epoch == self.epoch and
+                                          self.next_batch >= win.host.first_batch + win.host.n_batches)
+
     def __next__(self) -> jax.Array:
-        while self._win is None or self.next_batch >= self._win.host.first_batch + self._win.host.n_batches:
+        if self._win is not None and self._win.epoch > self.epoch:
+            raise StopIteration  # this epoch is over; the window is kept for the next
+        while self._win is None or self._behind(self._win):
             if self._retired is not None:
                 self._retired[1].block_until_ready()  # long done: the batches of a whole window ago
                 self._staging.give(self._retired[0])
@@ -205,7 +221,11 @@ class DeviceFeed:
             if self._win is not None and self._win.staged is not None:
                 self._retired = (self._win.staged, self._last)
             self._win = next(self._windows)
+            if self._win.epoch > self.epoch:
+                raise StopIteration
         win, i = self._win, self.next_batch
+        if i < win.host.first_batch:
+            raise ValueError(f"batch {i} of epoch {self.epoch} lies behind the windows read")
         if i in win.bad:
             raise NonFiniteBatch(i)
         a = (i - win.host.first_batch) * self.batch_size
@@ -260,14 +280,59 @@ class StreamFeed:
         self.stream.close()
 
 
-def epoch_batches(cache, tc: TrainConfig, dp: DataParallel, local_batch: int, epoch: int, images: np.ndarray,
-                  start: int = 0) -> DeviceFeed | StreamFeed:
-    """The training batches of `epoch` from batch `start` on, through `tc.feed`; close() when done."""
-    if tc.feed == "stream":
-        return StreamFeed(token_stream(cache, tc, local_batch, tc.seed, epoch, images, True, tc.prefetch), dp, start)
-    def windows(alloc):
-        return cache.iter_windows(local_batch, tc.seed, epoch, tc.token_fraction, images=images,
-                                  window_mb=window_mb(tc), shard_index=jax.process_index(),
-                                  shard_count=jax.process_count(), drop_last=True, start_batch=start, alloc=alloc)
+class _Epoch:
+    """One epoch's view of a DeviceFeed that reads on: closing it keeps the feed."""
 
-    return DeviceFeed(windows, dp, local_batch, cache.dim, start)
+    def __init__(self, feed: DeviceFeed):
+        self.feed = feed
+
+    def __iter__(self) -> "_Epoch":
+        return self
+
+    def __next__(self) -> jax.Array:
+        return next(self.feed)
+
+    def provenance(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.feed.provenance(index)
+
+    def close(self) -> None:
+        pass
+
+
+class TrainFeed:
+    """The training batches of successive epochs through `tc.feed`; the device feed reads on
+    across an epoch's end (the next epoch's first window is ready when it starts). close() at the end."""
+
+    def __init__(self, cache, tc: TrainConfig, dp: DataParallel, local_batch: int, images: np.ndarray,
+                 n_epochs: int):
+        self.cache, self.tc, self.dp, self.local_batch, self.images, self.n_epochs = (
+            cache, tc, dp, local_batch, images, n_epochs)
+        self._device: DeviceFeed | None = None
+        self._next_epoch = -1
+
+    def epoch(self, epoch: int, start: int = 0) -> DeviceFeed | StreamFeed | _Epoch:
+        """The batches of `epoch` from batch `start` on; close() the result after the epoch."""
+        if self.tc.feed == "stream":
+            stream = token_stream(self.cache, self.tc, self.local_batch, self.tc.seed, epoch, self.images, True,
+                                  self.tc.prefetch)
+            return StreamFeed(stream, self.dp, start)
+        if self._device is None or epoch != self._next_epoch or start:
+            self.close()
+            self._device = DeviceFeed(functools.partial(self._windows, epoch, start), self.dp, self.local_batch,
+                                      self.cache.dim, start, epoch=epoch)
+        self._device.seek(epoch, start)
+        self._next_epoch = epoch + 1
+        return _Epoch(self._device)
+
+    def _windows(self, first: int, start: int, alloc) -> Iterator[tuple[int, Window]]:
+        for e in range(first, max(first + 1, self.n_epochs)):
+            for w in self.cache.iter_windows(self.local_batch, self.tc.seed, e, self.tc.token_fraction,
+                                             images=self.images, window_mb=window_mb(self.tc),
+                                             shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                             drop_last=True, start_batch=start if e == first else 0, alloc=alloc):
+                yield e, w
+
+    def close(self) -> None:
+        if self._device is not None:
+            self._device.close()
+            self._device = None

@@ -27,7 +27,7 @@ from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
-from mammosae_jax.training.feed import NonFiniteBatch, epoch_batches, non_finite_message, token_stream
+from mammosae_jax.training.feed import NonFiniteBatch, TrainFeed, non_finite_message, token_stream
 from mammosae_jax.training.mesh import DataParallel, make_data_parallel
 from mammosae_jax.training.resample import resample_dead, token_losses
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
@@ -183,11 +183,11 @@ class _Trainer:
         bar = tqdm(total=self.total, initial=step, unit="step", disable=not progress or self.pid != 0,
                    dynamic_ncols=True)
         acc, n_acc, waited, t_start = None, 0, 0.0, time.perf_counter()
+        feed = TrainFeed(self.cache, tc, self.dp, self.local_batch, self.split.train_images, self.n_epochs)
         try:
             while step < self.total:
                 epoch, skip = divmod(step, self.spe)
-                # a resumed run starts its epoch at the checkpoint's batch
-                batches = epoch_batches(self.cache, tc, self.dp, self.local_batch, epoch, self.split.train_images, skip)
+                batches = feed.epoch(epoch, skip)  # a resumed run starts at the checkpoint's batch
                 try:
                     while step < self.total and step < (epoch + 1) * self.spe:
                         t0 = time.perf_counter()
@@ -219,6 +219,7 @@ class _Trainer:
                 finally:
                     batches.close()
         finally:
+            feed.close()
             bar.close()
         return state
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from contextlib import closing
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataSplit
-from mammosae_jax.training.feed import NonFiniteBatch, epoch_batches, non_finite_message
+from mammosae_jax.training.feed import NonFiniteBatch, TrainFeed, non_finite_message
 from mammosae_jax.training.loop import (TrainError, data_record, finite_batch_on_devices, token_stream,
                                          inference_config, plan_data)
 from mammosae_jax.training.mesh import DataParallel
@@ -166,10 +167,12 @@ class _Sweep:
         acc: list[Any] = [None] * len(self.stacks)
         n_acc, waited, t_start = 0, 0.0, time.perf_counter()
         with tqdm(total=self.total, unit="step", disable=not progress or self.pid != 0, dynamic_ncols=True,
-                  desc=f"{len(self.members)} SAEs in {len(self.stacks)} stack(s)") as bar:
+                  desc=f"{len(self.members)} SAEs in {len(self.stacks)} stack(s)") as bar, \
+                closing(TrainFeed(self.cache, tc, self.dp, self.local_batch, self.split.train_images,
+                                  self.n_epochs)) as feed:
             while step < self.total:
                 epoch = step // self.spe
-                batches = epoch_batches(self.cache, tc, self.dp, self.local_batch, epoch, self.split.train_images)
+                batches = feed.epoch(epoch)
                 try:
                     while step < self.total and step < (epoch + 1) * self.spe:
                         t0 = time.perf_counter()
