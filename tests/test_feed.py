@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import jax
 import numpy as np
@@ -106,12 +107,16 @@ def test_non_finite_batch_is_named(c, feed, monkeypatch):
         feeds.close()
 
 
-def test_close_stops_the_reader_thread(c):
+def test_close_stops_the_reader_threads_even_while_they_wait_for_a_buffer(c):
     dp = make_data_parallel()
     feed = DeviceFeed(lambda alloc: c.iter_windows(B, 0, 0, drop_last=True, window_mb=B * TOKEN_MB, alloc=alloc),
                       dp, B, DIM)
     next(feed)
-    feed.close()
+    time.sleep(1.0)  # the reader fills every staging buffer and waits for one back
+    closer = threading.Thread(target=feed.close)
+    closer.start()
+    closer.join(timeout=20)
+    assert not closer.is_alive(), "close() hung"
     assert not any(t.name == "cache-prefetch" and t.is_alive() for t in threading.enumerate())
 
 

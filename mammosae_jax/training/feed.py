@@ -37,6 +37,10 @@ MAX_WINDOW_MB = 4096
 SPARE_BUFFERS = 4
 
 
+class FeedClosed(Exception):
+    """Raised in the reader thread of a closed feed."""
+
+
 class NonFiniteBatch(Exception):
     """Batch `index` of the epoch holds NaN or inf; the loop names the step."""
 
@@ -118,6 +122,10 @@ class _Staging:
         self.left = count - self.free.qsize()
         self.buffers: dict[int, np.ndarray] = {}  # data address -> its uint8 buffer
 
+    def abort(self) -> None:
+        """Wake a reader waiting in take() for good: it raises FeedClosed."""
+        self.free.put(None)
+
     def take(self, n: int, dim: int, dtype: np.dtype) -> np.ndarray:
         """An (n, dim) array in a buffer; blocks while all `count` are in use."""
         nbytes = n * dim * np.dtype(dtype).itemsize
@@ -126,6 +134,9 @@ class _Staging:
             buf = np.zeros(0, np.uint8)
         else:
             buf = self.free.get()
+        if buf is None:
+            self.free.put(None)
+            raise FeedClosed("the feed was closed")
         if buf.nbytes < nbytes:
             raw = np.empty(nbytes + 4096, np.uint8)
             off = -raw.ctypes.data % 4096
@@ -143,7 +154,7 @@ class _Staging:
         with _SPARE_LOCK:
             while not self.free.empty():
                 buf = self.free.get_nowait()
-                if buf.nbytes:
+                if buf is not None and buf.nbytes:
                     _SPARE.append(buf)
             del _SPARE[:-SPARE_BUFFERS]
 
@@ -181,8 +192,8 @@ class DeviceFeed:
         self._last: jax.Array | None = None  # the newest batch
         self._retired: tuple[np.ndarray, jax.Array] | None = None  # (buffer, its last batch), one window back
         self._staging = _Staging(depth + 3)  # the window before, in use, being put, being read
-        read = Prefetcher(windows(self._staging.take), 1)  # reading overlaps checking and putting
-        self._windows = Prefetcher(map(self._to_device, read), depth)
+        self._read = Prefetcher(windows(self._staging.take), 1)  # reading overlaps checking and putting
+        self._windows = Prefetcher(map(self._to_device, self._read), depth)
 
     def _to_device(self, item) -> _DeviceWindow:
         epoch, w = (self.epoch, item) if isinstance(item, Window) else item
@@ -252,7 +263,10 @@ class DeviceFeed:
         return w.image_index[rows], w.position[rows]
 
     def close(self) -> None:
+        """Stop both threads (the reader may wait for a buffer: woken first) and keep the buffers."""
+        self._staging.abort()
         self._windows.close()
+        self._read.close()
         self._staging.close()
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from contextlib import closing
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
