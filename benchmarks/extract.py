@@ -91,8 +91,9 @@ def forward_times(arch: str, sizes: list[tuple[int, int]], device: torch.device,
 
 def run(n_images: int = 16, height: int = 512, width: int = 304, arch: str = "b5", batch_size: int = 8,
         device: str = "auto", num_workers: int | None = None, forward_sizes: tuple[tuple[int, int], ...] = (),
-        workdir: str | None = None) -> dict:
-    """Time both loops on the same phantoms; returns raw numbers and `ratios` for run_all."""
+        workdir: str | None = None, amp: tuple[bool, ...] = (False,)) -> dict:
+    """Time both loops on the same phantoms (ours once per `amp` setting: bfloat16 autocast or fp32);
+    returns raw numbers and `ratios` for run_all (the ratio is of the first setting)."""
     dev = pick_device(device, 0)
     workers = num_workers if num_workers is not None else (min(4, (os.cpu_count() or 1) - 1) if dev.type == "cuda" else 0)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -102,9 +103,10 @@ def run(n_images: int = 16, height: int = 512, width: int = 304, arch: str = "b5
         images, _ = images_from_rows(load_annotations(csv))
         paths = [png_path(images_dir, r) for r in images.to_dict("records")]
         n = len(paths)
-        ours = extract(ExtractConfig(csv=csv, images=images_dir, out=root / "cache",
-                                     arch=arch, batch_size=batch_size, device=device, num_workers=workers,
-                                     seed=0, dtype="float16"))
+        ours = {bf16: extract(ExtractConfig(csv=csv, images=images_dir, out=root / f"cache_{bf16}",
+                                            arch=arch, batch_size=batch_size, device=device, num_workers=workers,
+                                            seed=0, dtype="float16", amp=bf16)) for bf16 in amp}
+        main = ours[amp[0]]
         model = build_encoder(arch).to(dev)
         reinitialise(model, 0)
         with torch.no_grad():  # warm-up, as ours had its calibration pass
@@ -114,9 +116,10 @@ def run(n_images: int = 16, height: int = 512, width: int = 304, arch: str = "b5
     result = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "arch": arch, "n_images": n, "height": height, "width": width, "batch_size": batch_size,
-        "num_workers": workers, "ours_images_per_s": ours["images_per_s"], "reference_images_per_s": ref_ips,
+        "num_workers": workers, "ours_images_per_s": main["images_per_s"], "reference_images_per_s": ref_ips,
+        "ours_images_per_s_by_compute": {"bf16_autocast" if k else "fp32": v["images_per_s"] for k, v in ours.items()},
         "reference_feature_shape": list(features.shape),
-        "ratios": {"extract_speedup": {"value": ours["images_per_s"] / ref_ips, "target": 1.0,
+        "ratios": {"extract_speedup": {"value": main["images_per_s"] / ref_ips, "target": 1.0,
                                        "higher_is_better": True,
                                        "what": f"images/s ours / reference loop ({arch}, {height}x{width}, {n} images)"}},
     }

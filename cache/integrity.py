@@ -12,15 +12,23 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import CacheChecksumError, CacheDamagedError
-from .format import rows_digest, sha256_strings
+from .format import rows_digest, sha256_file, sha256_strings
 
 _TOP = {"complete": bool, "n_images": int, "grid": list, "dim": int, "dtype": str, "label_names": list,
         "shards": list}
 _SHARD = {"file": str, "n_images": int, "bytes": int, "sha256": str}
 REDO = "restore the cache from a copy or re-extract it with --overwrite"
+
+
+class VerifyResult(NamedTuple):
+    """What `FeatureCache.verify()` checked."""
+
+    n_shards: int
+    n_images: int
+    n_bytes: int
 
 
 class CacheFingerprintWarning(UserWarning):
@@ -85,3 +93,23 @@ def check_fingerprint(cache: Any) -> None:
 def image_list_digest(patient_ids: list[str], image_ids: list[str], splits: list[str]) -> str:
     """The fingerprint's `images_sha256`: the ordered (patient_id, image_id, split) list."""
     return sha256_strings(list(patient_ids), list(image_ids), list(splits))
+
+
+def verify_cache(cache) -> VerifyResult:
+    """`FeatureCache.verify()`: every shard's sha256, every array read through its digest and finiteness
+    check, the small arrays, row table and head, then the fingerprint."""
+    n_bytes = 0
+    for entry in cache._shards:
+        p = cache.path / entry["file"]
+        if sha256_file(p) != entry["sha256"]:
+            raise CacheChecksumError(f"shard {p} does not match its sha256 in the manifest; "
+                                     "the file is corrupt: restore it or re-extract")
+        n_bytes += entry["bytes"]
+    cache._verified[:] = False
+    for run in cache._runs(cache._select(None), cache._run_images(64)):
+        cache.read_run(run)
+    cache.pooled()
+    cache.logits()
+    _ = cache.rows, cache.head()
+    check_fingerprint(cache)
+    return VerifyResult(len(cache._shards), len(cache), n_bytes)

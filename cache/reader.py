@@ -7,7 +7,7 @@ import sys
 import threading
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -18,23 +18,16 @@ from .format import (MANIFEST, lock_name, rank_manifests, read_manifest, sha256_
                      sha256_strings)
 from .convert import all_finite, half_to_float
 from .head import Head, read_head
-from .integrity import check_fingerprint, check_manifest, check_shard_count
+from .integrity import VerifyResult, check_manifest, check_shard_count, verify_cache
 from .prefetch import Prefetcher
 from .tokens import (Run, TokenStream, epoch_order, make_runs, partition_runs, token_batches, tokens_per_image)
 from .lock import lock_is_held
+from .windows import Window, cache_windows
 
 if TYPE_CHECKING:
     import pandas as pd
 
 _MB = 1 << 20
-
-
-class VerifyResult(NamedTuple):
-    """What `FeatureCache.verify()` checked."""
-
-    n_shards: int
-    n_images: int
-    n_bytes: int
 
 
 def open_cache(path: str | os.PathLike, *, allow_incomplete: bool = False) -> "FeatureCache":
@@ -291,6 +284,11 @@ class FeatureCache:
     def _runs(self, images: np.ndarray, run_images: int) -> list[Run]:
         return make_runs(images, self._starts, run_images)
 
+    def _process_runs(self, fraction: float, images, read_mb: float, shard_index: int, shard_count: int):
+        """(tokens per image, this process's runs in index order)."""
+        k = tokens_per_image(int(np.prod(self.grid)), fraction)
+        return k, partition_runs(self._runs(self._select(images), self._run_images(read_mb)), k, shard_index, shard_count)
+
     def _select(self, images: Sequence[int] | np.ndarray | None) -> np.ndarray:
         if images is None:
             return np.arange(len(self), dtype=np.int64)
@@ -352,8 +350,7 @@ class FeatureCache:
     def n_tokens(self, fraction: float = 1.0, images: Sequence[int] | np.ndarray | None = None, *,
                  shard_index: int = 0, shard_count: int = 1, read_mb: float = 64) -> int:
         """Tokens per epoch that `iter_tokens` with the same arguments yields (for this process)."""
-        k = tokens_per_image(int(np.prod(self.grid)), fraction)
-        runs = partition_runs(self._runs(self._select(images), self._run_images(read_mb)), k, shard_index, shard_count)
+        k, runs = self._process_runs(fraction, images, read_mb, shard_index, shard_count)
         return k * sum(r.stop - r.start for r in runs)
 
     def iter_tokens(self, batch_size: int, seed: int, epoch: int, fraction: float = 1.0,
@@ -374,9 +371,7 @@ class FeatureCache:
         """
         if batch_size < 1:
             raise CacheInputError(f"batch_size must be >= 1, got {batch_size}")
-        P = int(np.prod(self.grid))
-        k = tokens_per_image(P, fraction)
-        runs = partition_runs(self._runs(self._select(images), self._run_images(read_mb)), k, shard_index, shard_count)
+        k, runs = self._process_runs(fraction, images, read_mb, shard_index, shard_count)
         runs = epoch_order(runs, seed, epoch)
         n_tokens = k * sum(r.stop - r.start for r in runs)
         token_bytes = self.dim * self.dtype.itemsize
@@ -389,21 +384,12 @@ class FeatureCache:
         n_batches = n_tokens // batch_size if drop_last else -(-n_tokens // batch_size)
         return TokenStream(source, n_tokens=n_tokens, n_batches=n_batches, prefetch=prefetch)
 
+    def iter_windows(self, batch_size: int, seed: int, epoch: int, fraction: float = 1.0, images=None,
+                     **kw) -> Iterator[Window]:
+        """`iter_tokens`'s epoch as `Window`s for a shuffle on the accelerator (`cache.windows.cache_windows`)."""
+        return cache_windows(self, batch_size, seed, epoch, fraction, images, **kw)
+
     # ------------------------------------------------------------------ verification
     def verify(self) -> VerifyResult:
         """Check every file's size and sha256 and every array's digest and finiteness."""
-        n_bytes = 0
-        for k, entry in enumerate(self._shards):
-            p = self.path / entry["file"]
-            if sha256_file(p) != entry["sha256"]:
-                raise CacheChecksumError(f"shard {p} does not match its sha256 in the manifest; "
-                                         "the file is corrupt: restore it or re-extract")
-            n_bytes += entry["bytes"]
-        self._verified[:] = False
-        for run in self._runs(self._select(None), self._run_images(64)):
-            self.read_run(run)
-        self.pooled()
-        self.logits()
-        _ = self.rows, self.head()
-        check_fingerprint(self)
-        return VerifyResult(len(self._shards), len(self), n_bytes)
+        return verify_cache(self)

@@ -102,6 +102,18 @@ def test_resume_of_a_run_older_than_a_setting_takes_that_settings_default(tiny_c
                                "use the same settings or a new --out"]
 
 
+def test_resume_of_a_run_older_than_the_device_feed_needs_the_stream_it_used(tiny_cache, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(_args(tiny_cache, out, "--steps", "2", "--checkpoint-every", "1", "--feed", "stream")) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["train"]["feed"], config["train"]["window_mb"]  # as written before --feed existed
+    (out / "config.json").write_text(json.dumps(config))
+    rc, err = _run(capsys, _args(tiny_cache, out, "--steps", "3", "--resume"))
+    assert rc == 2 and err == ["error: --resume with a different train setting 'feed': the run used 'stream', now "
+                               "'device'; use the same settings or a new --out"]
+    assert main(_args(tiny_cache, out, "--steps", "3", "--resume", "--feed", "stream")) == 0
+
+
 def test_resume_with_another_train_split_is_refused(tiny_cache, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(_args(tiny_cache, out, "--steps", "2", "--checkpoint-every", "1")) == 0

@@ -60,12 +60,21 @@ def _args(cache_path, out, *extra):
     return ["--cache", str(cache_path), "--out", str(out), *COMMON, *extra]
 
 
-@pytest.mark.parametrize("variant", ["relu", pytest.param("batchtopk", marks=pytest.mark.slow)])
-def test_killed_after_checkpoint_and_resumed_equals_uninterrupted_bitwise(tiny_cache, tmp_path, variant):
+BATCH_MB = 16 * DIM * 4 / 2**20  # one batch of float32 tokens, in MiB
+
+
+# the kill surfaces when the window holding batch 4 of epoch 1 is due: windows of one batch (step 13)
+# or of three (batches 3-5, step 12); both after checkpoint 10, which resumes inside a window
+@pytest.mark.parametrize("variant, feed, window_batches", [
+    ("relu", "device", 1), ("relu", "device", 3), ("relu", "stream", 0),
+    pytest.param("batchtopk", "device", 3, marks=pytest.mark.slow),
+    pytest.param("batchtopk", "stream", 0, marks=pytest.mark.slow)])
+def test_killed_after_checkpoint_and_resumed_equals_uninterrupted_bitwise(tiny_cache, tmp_path, variant, feed,
+                                                                          window_batches):
     sae_cfg = SAEConfig(DIM, 4 * DIM, variant=variant, k=None if variant == "relu" else 4, l1_coeff=1e-3, aux_k=8)
     tc = TrainConfig(lr=1e-2, batch_size=16, epochs=3, val_fraction=0.25, resample_every_epochs=1,
                      resample_stop_epochs=1, resample_tokens=64, dead_after_tokens=48, checkpoint_every=5,
-                     log_every=1)
+                     log_every=1, feed=feed, window_mb=window_batches * BATCH_MB)
     feats = cache_lib.open_cache(tiny_cache)
     full = train(feats, tmp_path / "full", sae_cfg, tc, progress=False)
 
@@ -120,11 +129,12 @@ def test_error_empty_cache(tmp_path, capsys):
     assert rc == 2 and err == [f"error: the cache at {empty} holds no images"]
 
 
-def test_error_nan_batch_stops_with_step_and_writes_no_checkpoint(tiny_cache, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("feed", ["device", "stream"])
+def test_error_nan_batch_stops_with_step_and_writes_no_checkpoint(tiny_cache, tmp_path, capsys, monkeypatch, feed):
     real_open = cache_lib.open_cache
     monkeypatch.setattr(cache_lib, "open_cache", lambda p: FaultyCache(real_open(p), bad_batch=3, epoch=1))
     out = tmp_path / "r"
-    rc, err = _run_cli(capsys, _args(tiny_cache, out, "--epochs", "2", "--checkpoint-every", "4"))
+    rc, err = _run_cli(capsys, _args(tiny_cache, out, "--epochs", "2", "--checkpoint-every", "4", "--feed", feed))
     # epoch 1 starts at step 9; its batch 3 is step 12 -> checkpoints 4 and 8 only
     assert rc == 2 and len(err) == 1
     assert err[0] == ("error: non-finite value (NaN/inf) in the training batch of step 12; stopped before "

@@ -42,11 +42,11 @@ STEPS_OR_EPOCHS = ("epochs", "steps")
 
 def add_train_options(parser: Any, title: str, skip: Iterable[str] = ()) -> Any:
     """A group with every `TrainConfig` field but `skip` (exactly one of --epochs / --steps required); the group."""
-    from mammosae_jax.training.config import TrainConfig
+    from mammosae_jax.training.config import FEEDS, TrainConfig
 
     g = parser.add_argument_group(title)
     n = g.add_mutually_exclusive_group(required=True)
     for name in STEPS_OR_EPOCHS:
         add_field(n, TrainConfig, name)
-    add_config_options(g, TrainConfig, skip=(*STEPS_OR_EPOCHS, *skip))
+    add_config_options(g, TrainConfig, skip=(*STEPS_OR_EPOCHS, *skip), choices={"feed": FEEDS})
     return g

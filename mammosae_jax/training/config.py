@@ -17,7 +17,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "threshold_ema": (0, True, 1, True), "val_fraction": (0, True, 1, False),
     "val_max_tokens": (1, True, None, False), "dense_above": (0, False, 1, True),
     "checkpoint_every": (1, True, None, False), "keep_checkpoints": (1, True, None, False),
-    "log_every": (1, True, None, False), "prefetch": (1, True, None, False),
+    "log_every": (1, True, None, False), "prefetch": (1, True, None, False), "window_mb": (0, True, None, False),
 }
 
 
@@ -35,6 +35,8 @@ def check_range(name: str, value: float | None, rule: tuple[float | None, bool, 
         hi = "" if high is None else f"{'<=' if high_in else '<'} {high}"
         want = " and ".join(x for x in (lo, hi) if x)
         raise ValueError(f"{flag or '--' + name.replace('_', '-')} must be a finite number {want}, got {value!r}")
+
+FEEDS = ("device", "stream")
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,19 @@ class TrainConfig:
     log_every: int = 100
     """Write a metrics line every this many steps."""
     prefetch: int = 2
-    """Batches prepared ahead of the device by the loader thread."""
+    """Batches prepared ahead of the device by the loader thread (feed stream)."""
+    feed: str = "device"
+    """Training batches: device (the host reads windows as stored, the device shuffles, casts and batches) or stream (host-shuffled float32 batches)."""
+    window_mb: float = 0.0
+    """feed device: MiB of tokens per shuffle window (0 = 1/8 of the device memory, at most 4096; 256 on CPU)."""
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs or steps")
         for name, rule in RANGES.items():
             check_range(name, getattr(self, name), rule)
+        if self.feed not in FEEDS:
+            raise ValueError(f"feed must be one of {', '.join(FEEDS)}, got {self.feed!r}")
 
     def dead_after_steps(self) -> int:
         """dead_after_tokens in steps (at least one)."""

@@ -28,6 +28,7 @@ from mammosae_jax.models.variants import get_variant
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
+from mammosae_jax.training.feed import NonFiniteBatch, TrainFeed, non_finite_message, token_stream
 from mammosae_jax.training.mesh import DataParallel, make_data_parallel
 from mammosae_jax.training.metric_window import load_window, save_window
 from mammosae_jax.training.resample import resample_dead, token_losses
@@ -60,8 +61,7 @@ class RunResult(NamedTuple):
 def finite_batch_on_devices(dp: DataParallel, tokens: np.ndarray, what: str, step: int, detail: str = "") -> jax.Array:
     """Place a token batch on the devices as float32; refuse one with NaN/inf, naming the step."""
     if not np.isfinite(tokens).all():
-        raise TrainError(f"non-finite value (NaN/inf) in the {what} batch of step {step}; stopped "
-                         f"before using it{detail}; check the cache with cache.verify()")
+        raise TrainError(non_finite_message(what, step, detail))
     return dp.put_batch(np.ascontiguousarray(tokens, np.float32))
 
 
@@ -90,14 +90,6 @@ def _check_resume(path: Path, sae: dict, train: dict, data: dict) -> None:
         raise TrainError(str(e)) from None
 
 
-def token_stream(cache, tc: TrainConfig, batch: int, seed: int, epoch: int, images: np.ndarray,
-                 drop_last: bool, prefetch: int):
-    """This process's slice of the cache's token stream (shared by the trainer and the sweep)."""
-    return cache.iter_tokens(batch, seed, epoch, tc.token_fraction, images=images,
-                             shard_index=jax.process_index(), shard_count=jax.process_count(),
-                             drop_last=drop_last, prefetch=prefetch)
-
-
 class _Trainer:
     """State and helpers of one run (the public entry point is `train`)."""
 
@@ -117,8 +109,10 @@ class _Trainer:
     # ---------------------------------------------------------------- data
 
     def _checked(self, tokens: np.ndarray, what: str, step: int) -> jax.Array:
-        return finite_batch_on_devices(self.dp, tokens, what, step, ", no checkpoint written for it "
-                                       f"(last checkpoint: {self.last_checkpoint})")
+        return finite_batch_on_devices(self.dp, tokens, what, step, self._no_checkpoint())
+
+    def _no_checkpoint(self) -> str:
+        return f", no checkpoint written for it (last checkpoint: {self.last_checkpoint})"
 
     # ---------------------------------------------------------------- epoch-end work
     def resample_due(self, epochs_done: int) -> bool:
@@ -181,22 +175,22 @@ class _Trainer:
         bar = tqdm(total=self.total, initial=step, unit="step", disable=not progress or self.pid != 0,
                    dynamic_ncols=True)
         (acc, n_acc), waited, t_start = load_window(self.out, step, StepMetrics, tc.log_every), 0.0, time.perf_counter()
+        feed = TrainFeed(self.cache, tc, self.dp, self.local_batch, self.split.train_images, self.n_epochs)
         try:
             while step < self.total:
                 epoch, skip = divmod(step, self.spe)
-                stream = token_stream(self.cache, self.tc, self.local_batch, tc.seed, epoch, self.split.train_images, True, tc.prefetch)
+                batches = feed.epoch(epoch, skip)  # a resumed run starts at the checkpoint's batch
                 try:
-                    batches = iter(stream)
-                    for _ in range(skip):  # a resumed run replays its epoch up to the checkpoint
-                        next(batches)
                     while step < self.total and step < (epoch + 1) * self.spe:
                         t0 = time.perf_counter()
                         try:
-                            tokens = next(batches).tokens
+                            x = next(batches)
                         except CacheError as e:
                             raise TrainError(f"reading the batch of step {step + 1}: {e}") from None
+                        except NonFiniteBatch:
+                            raise TrainError(non_finite_message("training", step + 1, self._no_checkpoint())) from None
                         waited += time.perf_counter() - t0
-                        state, metrics = self.step_fn(state, self._checked(tokens, "training", step + 1))
+                        state, metrics = self.step_fn(state, x)
                         step += 1
                         acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
                         n_acc += 1
@@ -217,8 +211,9 @@ class _Trainer:
                             self.save(ckpt, state, step)
                         t_start += time.perf_counter() - t_side  # throughput counts training only
                 finally:
-                    stream.close()
+                    batches.close()
         finally:
+            feed.close()
             bar.close()
         return state
 

@@ -21,6 +21,8 @@ RESUMABLE_CHANGES = {"steps", "epochs", "checkpoint_every", "keep_checkpoints", 
 DATA_KEYS = ("cache_content", "train_split", "val_patients", "n_train_images", "n_val_images", "steps_per_epoch",
              "cache_dim", "cache_grid", "cache_images")
 WAY_OUT = "use the same settings or a new --out"
+# what a run did before a field existed, where that is not the field's default now
+BEFORE_FIELD = {"train": {"feed": "stream"}}
 
 
 class ResumeError(Exception):
@@ -35,12 +37,12 @@ def content_id(manifest: dict) -> str:
 
 
 def _defaults() -> dict[str, dict[str, Any]]:
-    """Each section's field defaults: a field a run's config.json lacks is older than the run, which used it."""
+    """What a run whose config.json lacks a field did: the field's default, or what BEFORE_FIELD says."""
     from mammosae_jax.models.sae import SAEConfig
     from mammosae_jax.training.config import TrainConfig
 
     return {section: {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-            for section, cls in (("sae", SAEConfig), ("train", TrainConfig))}
+            | BEFORE_FIELD.get(section, {}) for section, cls in (("sae", SAEConfig), ("train", TrainConfig))}
 
 
 def check_resume(path: Path, sae: dict, train: dict, data: dict) -> None:

@@ -15,6 +15,7 @@ import itertools
 import math
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataSplit
+from mammosae_jax.training.feed import NonFiniteBatch, TrainFeed, non_finite_message
 from mammosae_jax.training.loop import (TrainError, data_record, finite_batch_on_devices, token_stream,
                                          inference_config, plan_data)
 from mammosae_jax.training.mesh import DataParallel
@@ -165,17 +167,21 @@ class _Sweep:
         acc: list[Any] = [None] * len(self.stacks)
         n_acc, waited, t_start = 0, 0.0, time.perf_counter()
         with tqdm(total=self.total, unit="step", disable=not progress or self.pid != 0, dynamic_ncols=True,
-                  desc=f"{len(self.members)} SAEs in {len(self.stacks)} stack(s)") as bar:
+                  desc=f"{len(self.members)} SAEs in {len(self.stacks)} stack(s)") as bar, \
+                closing(TrainFeed(self.cache, tc, self.dp, self.local_batch, self.split.train_images,
+                                  self.n_epochs)) as feed:
             while step < self.total:
                 epoch = step // self.spe
-                stream = token_stream(self.cache, self.tc, self.local_batch, tc.seed, epoch, self.split.train_images, True, tc.prefetch)
+                batches = feed.epoch(epoch)
                 try:
-                    batches = iter(stream)
                     while step < self.total and step < (epoch + 1) * self.spe:
                         t0 = time.perf_counter()
-                        tokens = next(batches).tokens
+                        try:
+                            x = next(batches)
+                        except NonFiniteBatch:
+                            raise TrainError(non_finite_message("training", step + 1)) from None
                         waited += time.perf_counter() - t0
-                        x = self._checked(tokens, "training", step + 1)
+                        self.feature_bytes += self.local_batch * self.cache.dim * 4
                         self.train_batches += 1
                         for j, stack in enumerate(self.stacks):
                             states[j], metrics = steps[j](states[j], stack.hyper, x)
@@ -193,7 +199,7 @@ class _Sweep:
                             self.validate(states, epoch, step)
                         t_start += time.perf_counter() - t_side
                 finally:
-                    stream.close()
+                    batches.close()
         if self.val_step != step:  # the run ended inside an epoch: validate its final state too
             self.validate(states, (step - 1) // self.spe, step)
         return states

@@ -31,7 +31,8 @@ def write_train_cache(path: Path, n_images: int = 24, dim: int = DIM, seed: int 
 
 
 class FaultyCache:
-    """A real cache whose training stream misbehaves at one batch: NaN tokens or an interruption."""
+    """A real cache whose training stream or windows misbehave at one batch: NaN tokens or an
+    interruption (for windows: when the window holding that batch is read)."""
 
     def __init__(self, real, bad_batch: int, epoch: int = 0, fault: str = "nan", min_images: int = 8):
         self._real, self._bad, self._epoch, self._fault = real, bad_batch, epoch, fault
@@ -60,3 +61,17 @@ class FaultyCache:
                 yield batch
         finally:
             stream.close()
+
+    def iter_windows(self, batch_size, seed, epoch, fraction=1.0, images=None, **kw):
+        windows = self._real.iter_windows(batch_size, seed, epoch, fraction, images, **kw)
+        if epoch != self._epoch or len(images) < self._min_images:
+            return windows
+        return self._faulty_windows(windows, batch_size)
+
+    def _faulty_windows(self, windows, batch_size):
+        for w in windows:
+            if w.first_batch <= self._bad < w.first_batch + w.n_batches:
+                if self._fault == "interrupt":
+                    raise KeyboardInterrupt("simulated kill")
+                w.tokens[w.order[(self._bad - w.first_batch) * batch_size]] = np.nan
+            yield w
