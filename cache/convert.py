@@ -35,11 +35,18 @@ def half_to_float(src: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def all_finite(a: np.ndarray) -> bool:
     """Whether a float16/float32 array holds no NaN/Inf: with the sign bit cleared, every value must
-    be below the all-ones exponent (an integer test, ~10x faster than np.isfinite for float16)."""
+    be below the all-ones exponent (an integer test, ~10x faster than np.isfinite for float16), in
+    L2-sized blocks (one whole-array temporary would triple the memory traffic: ~2.5x slower)."""
     if a.dtype == np.float16:
         bits, no_sign, inf = np.ascontiguousarray(a).reshape(-1).view(np.uint16), 0x7FFF, 0x7C00
     elif a.dtype == np.float32:
         bits, no_sign, inf = np.ascontiguousarray(a).reshape(-1).view(np.uint32), 0x7FFFFFFF, 0x7F800000
     else:
         return bool(np.isfinite(a).all())
-    return a.size == 0 or int(np.bitwise_and(bits, no_sign).max()) < inf
+    scratch = np.empty(min(bits.size, _BLOCK), bits.dtype)
+    for lo in range(0, bits.size, _BLOCK):
+        part = scratch[:min(_BLOCK, bits.size - lo)]
+        np.bitwise_and(bits[lo:lo + _BLOCK], no_sign, out=part)
+        if int(part.max()) >= inf:
+            return False
+    return True

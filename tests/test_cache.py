@@ -297,6 +297,13 @@ def test_all_finite_matches_isfinite(dtype):
         assert not all_finite(y)
     tiny = np.array([np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).smallest_subnormal, -0.0], dtype)
     assert all_finite(tiny)
+    from cache.convert import _BLOCK
+    big = np.ones(3 * _BLOCK + 5, dtype)  # whole blocks and a remainder
+    assert all_finite(big)
+    for at in (0, _BLOCK - 1, _BLOCK, 3 * _BLOCK + 4):
+        y = big.copy()
+        y.reshape(-1)[at] = np.nan
+        assert not all_finite(y), at
 
 
 def test_repacked_shard_is_read_through_hdf5(tmp_path):
