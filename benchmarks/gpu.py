@@ -67,18 +67,20 @@ def ceiling(size: dict) -> dict:
 
 
 def step(size: dict, ceil: dict | None) -> dict:
-    """Tokens/s and TFLOP/s of our relu and topk steps and of the eager PyTorch relu step."""
+    """Tokens/s and TFLOP/s of our relu and topk steps and of the eager PyTorch relu and topk steps
+    (a step's TFLOP/s counts the work our step needs: the sparse decode for topk)."""
     from benchmarks.train_step import _jax_step_seconds, _torch_step_seconds
 
     s, n = size["step"], size["step_iters"]
     D, S, B, k = s["d_in"], s["n_latents"], s["batch"], s["k"]
-    flops = {"jax_relu": 10 * B * D * S, "jax_topk": 2 * B * D * S + 12 * B * k * D, "torch_relu": 10 * B * D * S}
+    flops = {"jax_relu": 10 * B * D * S, "jax_topk": 2 * B * D * S + 12 * B * k * D}
+    flops |= {"torch_relu": flops["jax_relu"], "torch_topk": flops["jax_topk"]}
     seconds = {"jax_relu": _jax_step_seconds("relu", D, S, B, k, n, "default"),
                "jax_topk": _jax_step_seconds("topk", D, S, B, k, n, "default")}
     try:
         seconds["torch_relu"] = _torch_step_seconds(D, S, B, n)
+        seconds["torch_topk"] = _torch_step_seconds(D, S, B, n, k=k)
     except ImportError as e:
-        seconds["torch_relu"] = None
         print(f"step: PyTorch baseline skipped ({e})")
     out = {"shape": s}
     for name, t in seconds.items():
@@ -87,8 +89,9 @@ def step(size: dict, ceil: dict | None) -> dict:
         tf = flops[name] / t / 1e12
         out[name] = {"tokens_per_s": B / t, "step_ms": 1e3 * t, "tflops": tf,
                      **({f"of_{c}_ceiling": tf / ceil[f"{c}_tflops"] for c in ("bf16", "fp32")} if ceil else {})}
-    if seconds.get("torch_relu"):
-        out["relu_jax_over_torch"] = seconds["torch_relu"] / seconds["jax_relu"]
+    for kind in ("relu", "topk"):
+        if seconds.get(f"torch_{kind}"):
+            out[f"{kind}_jax_over_torch"] = seconds[f"torch_{kind}"] / seconds[f"jax_{kind}"]
     return out
 
 
@@ -203,7 +206,7 @@ def format_table(r: dict) -> str:
                  _row("matmul ceiling fp32", f"{c['fp32_tflops']:.3g} TFLOP/s")]
     if not gone("step"):
         s = r["step"]
-        for name in ("jax_relu", "jax_topk", "torch_relu"):
+        for name in ("jax_relu", "jax_topk", "torch_relu", "torch_topk"):
             if name in s:
                 e = s[name]
                 frac = (f"{e['of_bf16_ceiling']:.0%} of bf16, {e['of_fp32_ceiling']:.0%} of fp32 ceiling"
@@ -211,8 +214,10 @@ def format_table(r: dict) -> str:
                 rows.append(_row(f"SAE step {name} {s['shape']['d_in']}->{s['shape']['n_latents']} "
                                  f"B={s['shape']['batch']}", f"{e['tokens_per_s']:,.0f} tok/s, {e['tflops']:.3g} TFLOP/s",
                                  frac))
-        if "relu_jax_over_torch" in s:
-            rows.append(_row("relu step: jax / torch eager", f"{s['relu_jax_over_torch']:.2f}x", "tokens/s ratio"))
+        for kind in ("relu", "topk"):
+            if f"{kind}_jax_over_torch" in s:
+                rows.append(_row(f"{kind} step: jax / torch eager", f"{s[f'{kind}_jax_over_torch']:.2f}x",
+                                 "tokens/s ratio"))
     if not gone("feed"):
         f = r["feed"]
         rows.append(_row(f"training from disk, device feed ({f['cache_bytes'] / 1e9:.1f} GB cache)",

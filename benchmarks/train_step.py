@@ -77,8 +77,11 @@ def _matmul_seconds(d_in: int, n_latents: int, batch: int, steps: int, precision
         return _time(lambda: mm(a, b).block_until_ready(), steps)
 
 
-def _torch_step_seconds(d_in: int, n_latents: int, batch: int, steps: int, l1: float = 3e-5) -> float:
-    """The reference step in eager PyTorch (SPEC §3; PyTorch layouts: W_dec columns are the vectors)."""
+def _torch_step_seconds(d_in: int, n_latents: int, batch: int, steps: int, l1: float = 3e-5,
+                        k: int | None = None) -> float:
+    """The reference step in eager PyTorch (SPEC §3; PyTorch layouts: W_dec columns are the vectors);
+    with `k`, the TopK step as eager PyTorch SAEs write it (torch.topk, scatter into a dense code,
+    dense decode, MSE only)."""
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,9 +95,14 @@ def _torch_step_seconds(d_in: int, n_latents: int, batch: int, steps: int, l1: f
     x = (torch.randn(batch, d_in, generator=g) + 0.5).to(dev)
 
     def one():
-        z = torch.relu((x - b) @ W_enc.T + b_enc)
+        pre = (x - b) @ W_enc.T + b_enc
+        if k is None:
+            z = torch.relu(pre)
+        else:
+            top = torch.topk(pre, k, dim=-1)
+            z = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
         x_hat = z @ W_dec.T + b
-        loss = ((x_hat - x) ** 2).mean(-1).mean() + l1 * z.abs().sum(-1).mean()
+        loss = ((x_hat - x) ** 2).mean(-1).mean() + (0.0 if k is not None else l1 * z.abs().sum(-1).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():

@@ -1,6 +1,8 @@
 """`python -m benchmarks.gpu --smoke` on CPU: every section runs and lands in the table and the JSON."""
 import json
 
+import pytest
+
 from benchmarks import gpu
 
 
@@ -15,11 +17,15 @@ def test_gpu_check_smoke_runs_every_section(tmp_path, capsys):
     assert r["ceiling"]["bf16_tflops"] > 0 and r["ceiling"]["fp32_tflops"] > 0
     assert r["step"]["jax_relu"]["tokens_per_s"] > 0 and r["step"]["jax_topk"]["tokens_per_s"] > 0
     assert 0 < r["step"]["jax_relu"]["of_fp32_ceiling"]
+    assert r["step"]["torch_relu"]["tokens_per_s"] > 0 and r["step"]["torch_topk"]["tokens_per_s"] > 0
+    assert r["step"]["topk_jax_over_torch"] == pytest.approx(r["step"]["torch_topk"]["step_ms"]
+                                                             / r["step"]["jax_topk"]["step_ms"], rel=1e-12)
     feed = r["feed"]
     assert feed["steps"] == feed["images"] * 48 * 29 // feed["batch"] and 0 <= feed["data_wait_fraction"] <= 1
     assert r["extract"]["bf16_autocast"] > 0 and r["extract"]["fp32"] > 0
     assert r["interventions"]["max_metric_difference"] < 1e-4
-    for row in ("matmul ceiling bf16", "SAE step jax_relu", "SAE step jax_topk", "training from disk, device feed",
+    for row in ("matmul ceiling bf16", "SAE step jax_relu", "SAE step jax_topk", "SAE step torch_topk",
+                "relu step: jax / torch eager", "topk step: jax / torch eager", "training from disk, device feed",
                 "bf16 autocast", "intervention sweep"):
         assert row in table
 
