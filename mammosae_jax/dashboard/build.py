@@ -2,7 +2,6 @@
 (`dashboard.inputs`) and one vectorised pass over the cache (`dashboard.latents`)."""
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,9 @@ import numpy as np
 
 from mammosae_jax.dashboard import inputs
 from mammosae_jax.dashboard.encode import colour_lut, quantise_grids, rounded, thumbnail_uri
-from mammosae_jax.dashboard.latents import (Firing, TopImages, concept_class_means, firing_stats, scan_all,
-                                            single_latent_attribution, top_images)
-from mammosae_jax.viz.galleries import cell_box, patch_window
+from mammosae_jax.dashboard.latents import (Firing, TopImages, all_latents_encoder, concept_class_means,
+                                            firing_stats, single_latent_attribution, top_images)
+from mammosae_jax.viz.galleries import LatentScan, cell_box, patch_window, scan_cache
 from mammosae_jax.viz.localization import clip_boxes
 
 
@@ -67,20 +66,19 @@ def _visualize_cfg(cfg: DashboardConfig, label: str, out: str, latents: tuple[in
                            batch_size=cfg.batch_size, progress=cfg.progress)
 
 
-def localise(cfg: DashboardConfig, label: str, latents: list[int]) -> dict[int, dict[str, float]]:
-    """Hit rate, mean max IoU and AP of `latents` by the `visualize` run itself (its files discarded)."""
-    from mammosae_jax.viz.localize_run import VisualizeError, run
+def localise(cfg: DashboardConfig, cache: Any, sae: Any, scan: LatentScan, label: str,
+             latents: list[int]) -> dict[int, dict[str, float]]:
+    """Hit rate, mean max IoU and AP of `latents`, scored as `visualize` scores them, from the scan."""
+    from mammosae_jax.viz.localize_run import VisualizeError, score_latents
 
     if not latents or cfg.images_dir() is None:
         return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            table = run(_visualize_cfg(cfg, label, tmp, tuple(latents))).table
-        except VisualizeError:
-            return {}
-    rows = table[table["rule"] == "threshold"]
-    return {int(r.latent): {"hit": float(r.hit_rate), "iou": float(r.mean_max_iou), "ap": float(r.ap),
-                            "n": int(r.n_images)} for r in rows.itertuples()}
+    sub = LatentScan(scan.mean_NL[:, latents], scan.max_NL[:, latents], None)
+    try:
+        table = score_latents(_visualize_cfg(cfg, label, "", tuple(latents)), cache, sae, latents, sub)
+    except VisualizeError:
+        return {}
+    return inputs.localisation_scores(table.to_dict("records"))
 
 
 def _concept_columns(cfg: DashboardConfig, cache: Any, sae: Any, scan: Any, fire: Firing,
@@ -94,7 +92,7 @@ def _concept_columns(cfg: DashboardConfig, cache: Any, sae: Any, scan: Any, fire
     firing = set(lat.tolist())
     order = [int(j) for j in ranking.order_Cn[1] if int(j) in firing]
     extra = [j for j in order[: cfg.localise_top] if j not in scored]
-    scored = {**localise(cfg, label, extra), **scored}
+    scored = {**localise(cfg, cache, sae, scan, label, extra), **scored}
     loc = {key: [scored.get(int(j), {}).get(key) for j in lat] for key in ("hit", "iou", "ap")}
     columns = {f"score:{label}": rounded(ranking.importance_Cn[1][lat]), f"m0:{label}": rounded(means[0]),
                f"m1:{label}": rounded(means[1]), f"dauc:{label}": rounded(attribution.ablated_auroc - attribution.sae_auroc),
@@ -154,15 +152,18 @@ def collect(cfg: DashboardConfig) -> dict[str, Any]:
         raise DashboardError(f"the SAE reads {sae.d_in}-dim features but the cache holds {cache.dim}-dim ones")
     analysis = cfg.analysis_dir
     labels = inputs.concepts_of(analysis, list(cache.label_names))
-    scan = scan_all(cache, sae, cfg.top_images, cfg.batch_size, cfg.progress)
+    encode = all_latents_encoder(sae)
+    scan = scan_cache(cache, encode, int(sae.config.n_latents), top_n=cfg.top_images, batch_size=cfg.batch_size,
+                      progress=cfg.progress)
     fire = firing_stats(scan)
     if not len(fire.latents):
         raise DashboardError("no latent fires on any position of the cache")
-    top = top_images(cache, sae, scan, fire.latents, cfg.progress)
+    top = top_images(cache, encode, scan, fire.latents, cfg.batch_size, cfg.progress)
     shown = np.unique(top.image[top.image >= 0])
     images = _image_entries(cfg, cache, shown, labels)
     image_hw = {int(k): tuple(v["hw"]) for k, v in images.items()} or {int(i): (1, 1) for i in shown}
     names = inputs.names(analysis)
+    firing = set(fire.latents.tolist())
     table: dict[str, list] = {"id": fire.latents.tolist(), "freq": rounded(fire.frequency), "mean": rounded(fire.mean),
                               "max": rounded(fire.max),
                               "name": [names[int(j)][0][0] if int(j) in names else "" for j in fire.latents]}
@@ -181,7 +182,7 @@ def collect(cfg: DashboardConfig) -> dict[str, Any]:
         "table": table,
         "hist": {"counts": fire.hist_counts.tolist(), "max": rounded(fire.hist_max)},
         "cards": _cards(cache, top, image_hw, cfg.window),
-        "names": {str(j): v for j, v in names.items() if j in set(fire.latents.tolist())},
+        "names": {str(j): v for j, v in names.items() if j in firing},
         "images": images,
         "lut": colour_lut(),
     }

@@ -15,10 +15,10 @@ from typing import Any
 
 from mammosae_jax.analysis.heads import Head, load_head
 from mammosae_jax.analysis.ranking import Ranking, RankingError, read_ranking
+from mammosae_jax.demo.compare import LP_DIR
 
 GATES_FILE = "gates.json"
 NAMES_FILE = "names/latent_names.csv"
-LP_DIR = "linear_probe"
 
 
 def _json(path: Path) -> Any | None:
@@ -71,9 +71,13 @@ def localisation(analysis: Path, label: str) -> dict[int, dict[str, float]]:
     if not path.is_file():
         return {}
     with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if r["rule"] == "threshold"]
+        return localisation_scores(list(csv.DictReader(f)))
+
+
+def localisation_scores(rows: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Hit rate, mean max IoU, AP and images per latent of `visualize`'s table rows (threshold rule)."""
     return {int(r["latent"]): {"hit": float(r["hit_rate"]), "iou": float(r["mean_max_iou"]), "ap": float(r["ap"]),
-                               "n": int(r["n_images"])} for r in rows}
+                               "n": int(r["n_images"])} for r in rows if r["rule"] == "threshold"}
 
 
 def names(analysis: Path) -> dict[int, list[list[Any]]]:

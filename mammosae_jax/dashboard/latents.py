@@ -21,7 +21,7 @@ from mammosae_jax.analysis.heads import Head
 from mammosae_jax.analysis.interventions import fold_head
 from mammosae_jax.analysis.metrics import auroc
 from mammosae_jax.analysis.ranking import class_means, unit_weights
-from mammosae_jax.viz.galleries import LatentScan, scan_cache
+from mammosae_jax.viz.galleries import LatentScan
 from mammosae_jax.viz.heatmaps import latent_encoder, latent_maps
 
 HIST_BINS = 16
@@ -50,11 +50,9 @@ class TopImages(NamedTuple):
     grids: np.ndarray  # [L, T, H, W] float32 activation grid of the latent on that image (0 if unused)
 
 
-def scan_all(cache: Any, sae: Any, top_n: int, batch_size: int = 8, progress: bool = True) -> LatentScan:
-    """One pass of every latent over the whole cache (`viz.galleries.scan_cache`)."""
-    n = int(sae.config.n_latents)
-    return scan_cache(cache, latent_encoder(sae, range(n)), n, top_n=top_n, batch_size=batch_size,
-                      progress=progress)
+def all_latents_encoder(sae: Any):
+    """Tokens (T, d_in) to every latent's activation (T, n) (`viz.heatmaps.latent_encoder`)."""
+    return latent_encoder(sae, range(int(sae.config.n_latents)))
 
 
 def firing_stats(scan: LatentScan) -> Firing:
@@ -71,8 +69,10 @@ def firing_stats(scan: LatentScan) -> Firing:
     return Firing(latents, (z_NL > 0).mean(axis=0), z_NL.mean(axis=0), max_n[latents], counts, hist_max)
 
 
-def top_images(cache: Any, sae: Any, scan: LatentScan, latents: np.ndarray, progress: bool = True) -> TopImages:
-    """The top images of `latents` from the scan, with each latent's activation grid on them."""
+def top_images(cache: Any, encode, scan: LatentScan, latents: np.ndarray, batch_size: int = 8,
+               progress: bool = True) -> TopImages:
+    """The top images of `latents` from the scan, with each latent's activation grid on them
+    (`encode` from `all_latents_encoder`; the images read in batches, in cache order)."""
     from tqdm import tqdm
 
     top = scan.top
@@ -81,11 +81,18 @@ def top_images(cache: Any, sae: Any, scan: LatentScan, latents: np.ndarray, prog
     image = np.where(used, image, -1)
     h, w = cache.grid
     grids = np.zeros((*image.shape, h, w), np.float32)
-    encode = latent_encoder(sae, range(int(sae.config.n_latents)))
-    for i in tqdm(np.unique(image[used]), desc="grids of top images", unit="img", disable=not progress):
-        grid_nHW = latent_maps(encode, cache.feature_map(int(i)))
-        where_l, where_t = np.nonzero(image == i)
-        grids[where_l, where_t] = grid_nHW[latents[where_l]]
+    wanted = np.unique(image[used])
+    batches = cache.iter_images(batch_size, images=wanted)
+    bar = tqdm(total=len(wanted), desc="grids of top images", unit="img", disable=not progress)
+    try:
+        for idx_B, maps_B in batches:
+            for i, grid_nHW in zip(idx_B, latent_maps(encode, maps_B)):
+                where_l, where_t = np.nonzero(image == i)
+                grids[where_l, where_t] = grid_nHW[latents[where_l]]
+            bar.update(len(idx_B))
+    finally:
+        batches.close()
+        bar.close()
     return TopImages(image, np.where(used, value, 0.0), np.where(used, top.row_LN[latents], -1),
                      np.where(used, top.col_LN[latents], -1), grids)
 

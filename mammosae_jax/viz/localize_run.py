@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -290,6 +290,16 @@ def latent_table(cfg: VisualizeConfig, latents: list[int], importance: list[floa
             aps[r].append(ap)
             rows.append(summary_row(j, li, importance[li], r, summarize(scored.pairs[r][li], ap)))
     return pd.DataFrame(rows), {r: float(np.nanmean(aps[r])) for r in RULES}
+
+
+def score_latents(cfg: VisualizeConfig, cache: Any, sae: Any, latents: list[int], scan: LatentScan) -> pd.DataFrame:
+    """The per-(latent, rule) table of `latents` on the split's ground-truth images, from their
+    columns of an existing cache scan; nothing drawn or written (the dashboard's scores)."""
+    split_idx = np.asarray(cache.split_indices(cfg.split), np.int64)
+    truth = ground_truth(cfg, cache, split_idx)
+    scored = score_images(replace(cfg, n_images=0), cache, latent_encoder(sae, latents), latents, truth, scan,
+                          Path(cfg.out))
+    return latent_table(cfg, latents, [None] * len(latents), scored, scan, split_idx, truth)[0]
 
 
 def run(cfg: VisualizeConfig) -> Result:
