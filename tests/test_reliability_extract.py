@@ -24,9 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 WAY_OUT = "use the same settings to resume, or rerun with --overwrite (or use a new --out) to start again"
 
 
+def _argv(data: Path, out: Path, ckpt: Path, *extra: str) -> list[str]:
+    """The extraction command of these tests (float32, batches of 4, shards of 5) with `ckpt`."""
+    return cli(data, out, "--checkpoint", str(ckpt), "--dtype", "float32", "--batch-size", "4", "--shard-size", "5",
+               *extra)
+
+
 def _extract(data: Path, out: Path, ckpt: Path, *extra: str) -> None:
-    main(cli(data, out, "--checkpoint", str(ckpt), "--dtype", "float32", "--batch-size", "4", "--shard-size", "5",
-             *extra))
+    main(_argv(data, out, ckpt, *extra))
 
 
 def _refusal(capsys, argv: list[str], out: Path) -> list[str]:
@@ -54,8 +59,7 @@ def test_test_split_then_all_on_one_out_is_refused(data, classifier, tmp_path, c
     out = tmp_path / "c"
     _extract(data, out, classifier[0], "--split", "test")
     before = (out / "manifest.json").read_text()
-    diff = _refusal(capsys, cli(data, out, "--checkpoint", str(classifier[0]), "--dtype", "float32",
-                                "--batch-size", "4", "--shard-size", "5", "--split", "all"), out)
+    diff = _refusal(capsys, _argv(data, out, classifier[0], "--split", "all"), out)
     n_test = len(open_cache(out))
     assert [d.split(":")[0] for d in diff] == ["fingerprint images_sha256", "fingerprint n_images",
                                                "fingerprint rows_sha256", "fingerprint split"]
@@ -73,8 +77,7 @@ def test_a_killed_extraction_rerun_with_another_csv_is_refused(data, classifier,
     rows = pd.read_csv(data / "vindr_detection_v1_folds.csv", dtype=str, keep_default_na=False)
     rows.loc[0, "breast_birads"] = "BI-RADS 5" if rows.loc[0, "breast_birads"] != "BI-RADS 5" else "BI-RADS 1"
     rows.to_csv(other, index=False)
-    argv = cli(data, out, "--checkpoint", str(classifier[0]), "--dtype", "float32", "--batch-size", "4",
-               "--shard-size", "5")
+    argv = _argv(data, out, classifier[0])
     argv[argv.index("--csv") + 1] = str(other)
     diff = _refusal(capsys, argv, out)
     assert len(diff) == 1 and diff[0].startswith("fingerprint rows_sha256: existing '")
@@ -90,8 +93,7 @@ def test_a_killed_extraction_rerun_with_another_checkpoint_of_the_same_file_name
     twin = tmp_path / "twin" / classifier[0].name
     twin.parent.mkdir()
     write_classifier_pth(twin, {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, weight, bias)
-    diff = _refusal(capsys, cli(data, out, "--checkpoint", str(twin), "--dtype", "float32", "--batch-size", "4",
-                                "--shard-size", "5"), out)
+    diff = _refusal(capsys, _argv(data, out, twin), out)
     assert len(diff) == 1 and diff[0].startswith("fingerprint checkpoint_sha256: existing '")
     _unchanged(out, before)
 
@@ -119,8 +121,7 @@ def test_a_cache_without_fingerprint_warns_in_verify_and_refuses_to_resume(data,
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.warns(CacheFingerprintWarning, match=f"{out} records no fingerprint"):
         assert open_cache(out).verify().n_images == 12
-    diff = _refusal(capsys, cli(data, out, "--checkpoint", str(classifier[0]), "--dtype", "float32",
-                                "--batch-size", "4", "--shard-size", "5"), out)
+    diff = _refusal(capsys, _argv(data, out, classifier[0]), out)
     assert diff == ["fingerprint: the existing cache records none (written by an older version), so what it "
                     "holds cannot be checked"]
 
