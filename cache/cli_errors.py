@@ -101,7 +101,7 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
         @functools.wraps(main)
         def run(argv: Sequence[str] | None = None, *args: Any, **kwargs: Any) -> Any:
             argv, debug = _split_debug(argv)
-            _debug[0] = debug
+            outer_debug, _debug[0] = _debug[0], _debug[0] or debug  # a dispatcher's --debug reaches its command
             held = len(_held)
             try:
                 return main(argv, *args, **kwargs)
@@ -109,7 +109,7 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
                 _exit_now_if_hdf5_failed(exc.code)
                 raise
             except KeyboardInterrupt:
-                if debug:
+                if _debug[0]:
                     traceback.print_exc()
                 print("error: interrupted", file=sys.stderr)
                 raise SystemExit(130) from None
@@ -121,5 +121,6 @@ def cli_main(func: Callable[..., Any] | None = None, *, extra: tuple[type[BaseEx
                 raise SystemExit(2) from None
             finally:
                 _release_held(held)
+                _debug[0] = outer_debug
         return run
     return wrap(func) if func is not None else wrap

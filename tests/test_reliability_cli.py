@@ -129,3 +129,14 @@ def test_an_output_lock_is_released_when_its_command_returns_even_if_a_traceback
         lock_output(out).release()  # and released when that command failed
     finally:
         gc.enable()
+
+
+def test_debug_given_to_the_dispatcher_reaches_the_command(tmp_path):
+    argv = [sys.executable, "-m", "mammosae_jax", "fit_head", "--cache", str(tmp_path / "none"), "--label", "Mass",
+            "--out", str(tmp_path / "h.safetensors")]
+    line = f"error: {tmp_path / 'none'} is not a feature cache (no manifest.json); check the path or extract it first"
+    plain = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert plain.returncode == 2 and plain.stderr == line + "\n"
+    debug = subprocess.run([*argv, "--debug"], cwd=REPO, capture_output=True, text=True)
+    assert debug.returncode == 2 and "Traceback (most recent call last):" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == line
