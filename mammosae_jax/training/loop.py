@@ -273,38 +273,33 @@ def train(cache, out: str | Path, config: SAEConfig, tc: TrainConfig, *, resume:
     out = Path(out)
     dp, split, spe, total = plan_data(cache, config.d_in, tc, train_split, dp)
     out.mkdir(parents=True, exist_ok=True)
-    lock = run_lock(out, jax.process_index() == 0)
-    lock.__enter__()  # a second trainer of `out` is refused here; released on an error or after the export
-    run_config = {
-        "sae": config.to_dict(), "train": tc.to_dict(),
-        "data": data_record(cache, train_split, split, spe, total),
-        "runtime": _runtime(), **(extra or {}),
-    }
-    trainer = _Trainer(cache, out, config, tc, dp, split, spe, total)
-    state = dp.replicate(init_state(config, trainer.optimizer, jax.random.key(tc.seed)))
-    ckpt = Checkpointer(out / "checkpoints", tc.keep_checkpoints)
-    try:
-        latest = ckpt.latest_step()
-        if latest is not None and not resume:
-            raise TrainError(f"{out} already holds checkpoints (latest step {latest}); pass --resume to "
-                             "continue that run or choose a new --out")
-        if latest is not None:
-            _check_resume(out / CONFIG, run_config["sae"], run_config["train"], run_config["data"])
-            state, _ = ckpt.restore(latest, state)
-            trainer.last_checkpoint = latest
-        trainer.log.truncate_after(int(state.step))
+    with run_lock(out, jax.process_index() == 0):  # a second trainer of `out` is refused here
+        run_config = {
+            "sae": config.to_dict(), "train": tc.to_dict(),
+            "data": data_record(cache, train_split, split, spe, total),
+            "runtime": _runtime(), **(extra or {}),
+        }
+        trainer = _Trainer(cache, out, config, tc, dp, split, spe, total)
+        state = dp.replicate(init_state(config, trainer.optimizer, jax.random.key(tc.seed)))
+        ckpt = Checkpointer(out / "checkpoints", tc.keep_checkpoints)
+        try:
+            latest = ckpt.latest_step()
+            if latest is not None and not resume:
+                raise TrainError(f"{out} already holds checkpoints (latest step {latest}); pass --resume to "
+                                 "continue that run or choose a new --out")
+            if latest is not None:
+                _check_resume(out / CONFIG, run_config["sae"], run_config["train"], run_config["data"])
+                state, _ = ckpt.restore(latest, state)
+                trainer.last_checkpoint = latest
+            trainer.log.truncate_after(int(state.step))
+            if jax.process_index() == 0:
+                write_json_atomic(out / CONFIG, run_config)
+            state = trainer.run(state, ckpt, progress)
+        finally:
+            ckpt.close()
+        final = inference_config(config, state)
         if jax.process_index() == 0:
-            write_json_atomic(out / CONFIG, run_config)
-        state = trainer.run(state, ckpt, progress)
-    except BaseException:
-        lock.__exit__(None, None, None)
-        raise
-    finally:
-        ckpt.close()
-    final = inference_config(config, state)
-    if jax.process_index() == 0:
-        from mammosae_jax.models.sae_io import SAE, save_sae
+            from mammosae_jax.models.sae_io import SAE, save_sae
 
-        save_sae(out, SAE(final, jax.device_get(state.params)))
-    lock.__exit__(None, None, None)
+            save_sae(out, SAE(final, jax.device_get(state.params)))
     return RunResult(state, final, int(state.step), trainer.last_val)

@@ -27,9 +27,8 @@ from tqdm import tqdm
 from mammosae_jax.models.sae import SAEConfig
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataSplit
-from mammosae_jax.training.feed import NonFiniteBatch, TrainFeed, non_finite_message
-from mammosae_jax.training.loop import (TrainError, data_record, finite_batch_on_devices, token_stream,
-                                         inference_config, plan_data)
+from mammosae_jax.training.feed import NonFiniteBatch, TrainFeed, non_finite_message, token_stream
+from mammosae_jax.training.loop import TrainError, data_record, finite_batch_on_devices, inference_config, plan_data
 from mammosae_jax.training.mesh import DataParallel
 from mammosae_jax.training.run_files import CONFIG, METRICS, MetricsLog, write_json_atomic
 from mammosae_jax.training.stacked import (Member, Stack, group_members, init_stacked_state,
@@ -94,7 +93,7 @@ class _Sweep:
         self.feature_bytes = 0
         self.train_batches = 0
 
-    # ---------------------------------------------------------------- data (streams: loop.token_stream)
+    # ---------------------------------------------------------------- data (streams: feed.token_stream)
 
     def _checked(self, tokens: np.ndarray, what: str, step: int) -> jax.Array:
         x = finite_batch_on_devices(self.dp, tokens, what, step)
