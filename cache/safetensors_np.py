@@ -42,13 +42,8 @@ def _layout(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> t
     return struct.pack("<Q", len(text)) + text, arrays
 
 
-def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
-    """The file's bytes: header (keys sorted, padded to 8) + data (tensors sorted by name)."""
-    head, arrays = _layout(tensors, metadata)
-    return head + b"".join(a.tobytes() for a in arrays)
-
-
 def _chunks(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> list:
+    """The file's bytes in pieces: header (keys sorted, padded to 8), then each tensor's data (sorted by name)."""
     head, arrays = _layout(tensors, metadata)
     return [head, *(memoryview(a.reshape(-1)).cast("B") for a in arrays)]
 
@@ -59,7 +54,7 @@ def write_tensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], me
 
 
 def write_stream(f: BinaryIO, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> None:
-    """Write the file's bytes (`encode`) to the open binary file ``f``, one array at a time."""
+    """Write the file's bytes (`_chunks`) to the open binary file ``f``, one array at a time."""
     for chunk in _chunks(tensors, metadata):
         f.write(chunk)
 

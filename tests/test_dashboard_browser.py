@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from cache.atomic import write_json_atomic
-from mammosae_jax.dashboard.inputs import GATES_FILE
+from mammosae_jax.demo.gates import GATES_FILE
 from mammosae_jax.demo.gates import evaluate_gates
 from mammosae_jax.demo.plan import DASHBOARD, DemoConfig, dashboard_stage
 from mammosae_jax.demo.stages import run_stage

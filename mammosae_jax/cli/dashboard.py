@@ -11,13 +11,12 @@ and the ground-truth boxes, top patches, localisation scores and single-latent a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from typing import Sequence
 
 from cache.cli_errors import cli_main, print_error
-from cache.config_options import add_config_options
+from cache.config_options import add_config_options, config_from_args
 from mammosae_jax.dashboard.build import DashboardConfig, DashboardError, collect
 from mammosae_jax.dashboard.page import write_page
 
@@ -46,7 +45,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; bad input prints one ``error:`` line and exits with status 2."""
     args = build_parser().parse_args(argv)
-    cfg = DashboardConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DashboardConfig)})
+    cfg = config_from_args(DashboardConfig, args)
     for name in ("top_images", "window", "batch_size"):
         if getattr(cfg, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)

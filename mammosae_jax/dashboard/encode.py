@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mammosae_jax.viz.heatmap_figures import CMAP, read_grey, shrink_grey
+from mammosae_jax.viz.heatmap_figures import CMAP, display_hw, read_grey, shrink_grey
 from mammosae_jax.viz.localize_run import _clean
 
 THUMB_HEIGHT = 256
@@ -23,8 +23,7 @@ def thumbnail_uri(png_path: Any, height: int = THUMB_HEIGHT) -> tuple[str, tuple
     """A grey JPEG data URI of the image (at most `height` high) and the original (height, width)."""
     grey = read_grey(png_path)
     h, w = grey.shape
-    size = (h, w) if h <= height else (height, max(1, round(w * height / h)))
-    small = shrink_grey(grey, size)
+    small = shrink_grey(grey, display_hw((h, w), height))
     buf = io.BytesIO()
     Image.fromarray(np.clip(np.round(small * 255), 0, 255).astype(np.uint8), mode="L").save(
         buf, format="JPEG", quality=JPEG_QUALITY)

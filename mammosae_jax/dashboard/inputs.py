@@ -16,8 +16,8 @@ from typing import Any
 from mammosae_jax.analysis.heads import Head, load_head
 from mammosae_jax.analysis.ranking import Ranking, RankingError, read_ranking
 from mammosae_jax.demo.compare import LP_DIR
+from mammosae_jax.demo.gates import GATES_FILE
 
-GATES_FILE = "gates.json"
 NAMES_FILE = "names/latent_names.csv"
 
 

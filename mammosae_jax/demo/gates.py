@@ -14,6 +14,7 @@ from typing import Any, Callable
 GATE_CONCEPTS = ("Suspicious_Calcification", "Mass")
 METRIC_UNIT = "image"  # gates use per-image metrics (label = max over the image's rows)
 SPECTRUM_FILE = "evaluation/feature_spectrum.json"  # PCA bound on the FVU, written by the demo
+GATES_FILE = "gates.json"  # the gates' results, written by the demo once they are evaluated (read by the dashboard)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from pathlib import Path
 from cache.atomic import write_json_atomic
 from mammosae_jax.models.sae import INITS
 from mammosae_jax.models.variants import VARIANTS
-from mammosae_jax.dashboard.inputs import GATES_FILE
 from mammosae_jax.demo.compare import LP_DIR
-from mammosae_jax.demo.gates import SPECTRUM_FILE, GateResult, evaluate_gates
+from mammosae_jax.demo.gates import GATES_FILE, SPECTRUM_FILE, GateResult, evaluate_gates
 from mammosae_jax.demo.report import write_report
 from mammosae_jax.demo.stages import Stage, StageFailed, python_module, run_stage
 

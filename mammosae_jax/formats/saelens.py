@@ -127,7 +127,8 @@ def _architecture(cfg: Mapping[str, Any]) -> str:
     return {"relu": "standard", "topk": "topk"}.get(act, str(act))
 
 
-def _expected_tensors(arch: str, tensors: Mapping[str, Any], source: str) -> set[str]:
+def _check_tensor_names(arch: str, tensors: Mapping[str, Any], source: str) -> None:
+    """FormatError unless `tensors` holds exactly the tensors of a SAELens `arch` save."""
     expected = set(TENSOR_NAMES) | ({"threshold"} if arch == "jumprelu" else set())
     if arch == "batchtopk" and "topk_threshold" in tensors:  # a SAELens BatchTopK training SAE's save
         expected.add("topk_threshold")
@@ -137,7 +138,6 @@ def _expected_tensors(arch: str, tensors: Mapping[str, Any], source: str) -> set
     unexpected = sorted(set(tensors) - expected)
     if unexpected:
         raise FormatError(f"{source}: unexpected tensor(s) {', '.join(map(repr, unexpected))} for architecture {arch!r}")
-    return expected
 
 
 def _fold_options(cfg: Mapping[str, Any], arch: str, w: SAEWeights, cfg_file: Path) -> SAEWeights:
@@ -178,7 +178,7 @@ def read_saelens(weights_path: str | os.PathLike) -> tuple[SAEWeights, dict[str,
     if arch not in READ_ARCHITECTURES:
         raise FormatError(f"{cfg_file}: SAELens architecture {arch!r} cannot be represented here "
                           f"(we read {', '.join(READ_ARCHITECTURES)})")
-    _expected_tensors(arch, tensors, source)
+    _check_tensor_names(arch, tensors, source)
     w = validate_weights(SAEWeights(*(tensors[n] for n in TENSOR_NAMES), threshold=tensors.get("threshold")), source)
     for key, actual in (("d_in", w.d_in), ("d_sae", w.n_latents)):
         if key in cfg and int(cfg[key]) != actual:
@@ -189,11 +189,9 @@ def read_saelens(weights_path: str | os.PathLike) -> tuple[SAEWeights, dict[str,
 
     metadata = cfg.get("metadata")
     ours = metadata.get(OUR_KEY) if isinstance(metadata, dict) else None
-    if ours is not None:
-        sae_config = _our_config(ours, w, cfg_file)
-        return (w if sae_config.get("variant") == "jumprelu" else w._replace(threshold=None)), sae_config
-    config = _config_from_foreign(cfg, arch, w, tensors.get("topk_threshold"), cfg_file)
-    return (w if config["variant"] == "jumprelu" else w._replace(threshold=None)), config
+    config = (_our_config(ours, w, cfg_file) if ours is not None
+              else _config_from_foreign(cfg, arch, w, tensors.get("topk_threshold"), cfg_file))
+    return (w if config.get("variant") == "jumprelu" else w._replace(threshold=None)), config
 
 
 def _our_config(ours: Any, w: SAEWeights, cfg_file: Path) -> dict[str, Any]:
