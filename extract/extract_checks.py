@@ -59,9 +59,10 @@ def output_file_problem(dst: Path) -> str | None:
 
 
 def warn_constant_images(x_BCHW: torch.Tensor, paths: list[Path], indices: list[int], warned: set[int]) -> None:
-    """Print one `warning:` line per blank (constant) input image, naming it."""
-    flat = x_BCHW.flatten(1)
-    constant = (flat.amax(dim=1) == flat.amin(dim=1)).tolist()
+    """Print one `warning:` line per blank (constant) input image, naming it (on the main thread, per
+    batch: one pass over channel 0, since the three channels are one grey image broadcast)."""
+    low, high = torch.aminmax(x_BCHW[:, 0].flatten(1), dim=1)
+    constant = (low == high).tolist()
     for i, is_constant in zip(indices, constant):
         if is_constant and i not in warned:
             warned.add(i)
