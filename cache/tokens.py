@@ -59,6 +59,17 @@ def position_subset(subset_seed: int, image_index: int, n_positions: int, k: int
     return np.sort(rng.permutation(n_positions)[:k])
 
 
+def run_positions(run: Run, n_positions: int, k: int, subset_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image index, position h*W + w) of a run's tokens in reading order: for each image of the run
+    all its positions, or the `k` that `position_subset` keeps."""
+    idx = np.arange(run.start, run.stop)
+    if k == n_positions:
+        pos = np.tile(np.arange(n_positions, dtype=np.int32), len(idx))
+    else:
+        pos = np.concatenate([position_subset(subset_seed, int(i), n_positions, k) for i in idx]).astype(np.int32)
+    return np.repeat(idx, k), pos
+
+
 def make_runs(images: np.ndarray, shard_starts: np.ndarray, run_images: int) -> list[Run]:
     """Cut sorted image indices into runs of consecutive images within one shard."""
     runs: list[Run] = []
@@ -167,16 +178,14 @@ def _fill_and_emit(runs: list[Run], win: _Window, read_run: Callable[[Run, np.nd
     for run in runs:
         n = run.stop - run.start
         dst = win.tok[win.n:win.n + n * k]
-        idx = np.arange(run.start, run.stop)
+        img, pos = run_positions(run, P, k, subset_seed)
         if k == P:  # a run's (n, H, W, C) layout is (n*P, C) rows: read straight into the window
             read_run(run, dst.reshape(n, H, W, dim))
-            win.pos[win.n:win.n + n * k] = np.tile(np.arange(P, dtype=np.int32), n)
         else:
             block = read_run(run, scratch).reshape(n, P, dim)
-            keep = np.stack([position_subset(subset_seed, int(i), P, k) for i in idx]).astype(np.int32)
-            dst[:] = block[np.arange(n)[:, None], keep].reshape(-1, dim)
-            win.pos[win.n:win.n + n * k] = keep.reshape(-1)
-        win.img[win.n:win.n + n * k] = np.repeat(idx, k)
+            dst[:] = block[np.repeat(np.arange(n), k), pos]
+        win.pos[win.n:win.n + n * k] = pos
+        win.img[win.n:win.n + n * k] = img
         win.n += n * k
         if win.n >= capacity:
             n_emit = (win.n - int(CARRY * capacity)) // batch_size * batch_size

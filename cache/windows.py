@@ -21,7 +21,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 
 from .errors import CacheInputError
-from .tokens import Run, epoch_order, position_subset
+from .tokens import Run, epoch_order, run_positions
 
 
 class Window(NamedTuple):
@@ -53,16 +53,13 @@ class _RunTokens:
         self.read_run, self.grid, self.dim, self.k, self.subset_seed = read_run, grid, dim, k, subset_seed
         self.scratch = np.empty((longest, *grid, dim), dtype)
         self.cached: tuple[Run, np.ndarray] | None = None
+        self.positions: tuple[Run, tuple[np.ndarray, np.ndarray]] | None = None
 
     def provenance(self, run: Run) -> tuple[np.ndarray, np.ndarray]:
-        """(image index, position) of the run's tokens in reading order."""
-        P = self.grid[0] * self.grid[1]
-        idx = np.arange(run.start, run.stop)
-        if self.k == P:
-            pos = np.tile(np.arange(P, dtype=np.int32), len(idx))
-        else:
-            pos = np.concatenate([position_subset(self.subset_seed, int(i), P, self.k) for i in idx]).astype(np.int32)
-        return np.repeat(idx, self.k), pos
+        """(image index, position) of the run's tokens in reading order (`tokens.run_positions`), once per run."""
+        if self.positions is None or self.positions[0] != run:
+            self.positions = (run, run_positions(run, self.grid[0] * self.grid[1], self.k, self.subset_seed))
+        return self.positions[1]
 
     def tokens(self, run: Run, pos: np.ndarray) -> np.ndarray:
         """All the run's tokens (n*k, C), read once even if two windows ask."""
