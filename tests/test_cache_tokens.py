@@ -9,16 +9,12 @@ import pytest
 
 import cache
 from cache import open_cache
-from helpers.cache_data import DIM, GRID, image_features, write_cache
-
-N = 11
-P = GRID[0] * GRID[1]
-TOKEN_MB = DIM * 2 / 2**20  # one float16 token, in MB
-
+from helpers.cache_data import (DIM, GRID, P, STREAM_IMAGES as N, TOKEN_MB, image_features, open_stream_cache,
+                                write_cache)
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    return open_cache(write_cache(tmp_path_factory.mktemp("tok") / "c", N, shard_size=4))
+    return open_stream_cache(tmp_path_factory, "tok")
 
 
 def reference_tokens(images=range(N)) -> dict[tuple[int, int, int], np.ndarray]:

@@ -4,18 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cache import CacheInputError, open_cache
+from cache import CacheInputError
 from cache.windows import window_tokens_for
-from helpers.cache_data import DIM, GRID, image_features, write_cache
-
-N = 11
-P = GRID[0] * GRID[1]
-TOKEN_MB = DIM * 2 / 2**20  # one float16 token, in MiB
+from helpers.cache_data import GRID, P, STREAM_IMAGES as N, TOKEN_MB, image_features, open_stream_cache
 
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    return open_cache(write_cache(tmp_path_factory.mktemp("win") / "c", N, shard_size=4))
+    return open_stream_cache(tmp_path_factory, "win")
 
 
 def batches(windows, batch_size):

@@ -8,20 +8,17 @@ import jax
 import numpy as np
 import pytest
 
-from cache import open_cache
-from helpers.cache_data import DIM, GRID, write_cache
+from helpers.cache_data import DIM, GRID, P, TOKEN_MB, open_stream_cache
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.feed import DEFAULT_WINDOW_MB, DeviceFeed, NonFiniteBatch, TrainFeed, window_mb
 from mammosae_jax.training.mesh import make_data_parallel
 
-P = GRID[0] * GRID[1]
-TOKEN_MB = DIM * 2 / 2**20
 B = 8
 
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    return open_cache(write_cache(tmp_path_factory.mktemp("feed") / "c", 11, shard_size=4))
+    return open_stream_cache(tmp_path_factory, "feed")
 
 
 def host_batches(c, **kw):

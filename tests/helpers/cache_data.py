@@ -7,6 +7,9 @@ import numpy as np
 
 GRID = (3, 4)
 DIM = 6
+P = GRID[0] * GRID[1]  # positions per image
+TOKEN_MB = DIM * 2 / 2**20  # one float16 token, in MiB
+STREAM_IMAGES = 11  # images of the token-stream / window / feed tests' cache (shards of 4: a partial last one)
 LABELS = ("Mass", "density")
 ENCODER = {"arch": "efficientnet-b5", "checkpoint": "fake.tar", "sha256": "0" * 64, "layer": "_bn1"}
 PREPROC = {"mean": 0.3089279, "std": 0.25053555408335154}
@@ -53,3 +56,10 @@ def write_cache(path: Path, n: int, *, batch: int = 3, **over) -> Path:
         for a in range(0, n, batch):
             add_images(w, range(a, min(a + batch, n)), over.get("grid", GRID), over.get("dim", DIM))
     return path
+
+
+def open_stream_cache(tmp_path_factory, name: str):
+    """The token-stream tests' cache: STREAM_IMAGES images in shards of 4, opened."""
+    from cache import open_cache
+
+    return open_cache(write_cache(tmp_path_factory.mktemp(name) / "c", STREAM_IMAGES, shard_size=4))
