@@ -123,25 +123,31 @@ def device_feed_epoch(c, epoch: int, batch_size: int, seed: int, window_mb: floa
     return n_tok * c.dim * c.dtype.itemsize, time.perf_counter() - t0, time.process_time() - c0
 
 
+def train_records(c, run: Path, n_latents: int, tc) -> tuple[list[dict], float]:
+    """Train a relu SAE of `n_latents` on `c` with `tc` (the device feed by default): its train log
+    records (data_wait_fraction, tokens_per_s, ...) and the training wall seconds."""
+    from mammosae_jax.models.sae import SAEConfig
+    from mammosae_jax.training.loop import train
+    from mammosae_jax.training.run_files import MetricsLog
+
+    t0 = time.perf_counter()
+    train(c, run, SAEConfig(c.dim, n_latents, l1_coeff=1e-3), tc, progress=False)
+    wall = time.perf_counter() - t0
+    return [r for r in MetricsLog(run / "metrics.jsonl").read() if r.get("split") == "train"], wall
+
+
 def tiny_sae_data_wait(c, workdir: Path, epochs: int, batch_size: int, seed: int, window_mb: float) -> dict:
     """Train a tiny SAE on `c` with the device feed; the data-wait fraction of each epoch's log record."""
-    import json
-
-    from mammosae_jax.models.sae import SAEConfig
     from mammosae_jax.training.config import TrainConfig
-    from mammosae_jax.training.loop import train
 
     spe = c.n_tokens() // batch_size
     tc = TrainConfig(batch_size=batch_size, epochs=epochs, seed=seed, val_fraction=0.0, resample_every_epochs=0,
                      log_every=spe, checkpoint_every=10 * epochs * spe, window_mb=window_mb)
-    t0 = time.perf_counter()
-    train(c, workdir / "tiny_sae", SAEConfig(c.dim, 256, l1_coeff=1e-3), tc, progress=False)
-    records = [json.loads(line) for line in (workdir / "tiny_sae" / "metrics.jsonl").read_text().splitlines()]
-    waits = [r["data_wait_fraction"] for r in records if r.get("split") == "train"]
+    records, wall = train_records(c, workdir / "tiny_sae", 256, tc)
+    waits = [r["data_wait_fraction"] for r in records]
     steady = waits[1:] or waits
-    return {"epochs": epochs, "steps": epochs * spe, "wall_s": time.perf_counter() - t0, "per_epoch": waits,
-            "first_epoch": waits[0], "steady": max(steady),
-            "tokens_per_s": [r["tokens_per_s"] for r in records if r.get("split") == "train"]}
+    return {"epochs": epochs, "steps": epochs * spe, "wall_s": wall, "per_epoch": waits,
+            "first_epoch": waits[0], "steady": max(steady), "tokens_per_s": [r["tokens_per_s"] for r in records]}
 
 
 def naive_random_access(c, n_tokens: int, seed: int) -> tuple[int, float, float]:

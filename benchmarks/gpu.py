@@ -51,30 +51,23 @@ def vendor(folder: Path | None) -> list[str]:
 
 def ceiling(size: dict) -> dict:
     """Measured matmul TFLOP/s in bfloat16 and float32 (precision highest)."""
-    import jax
-    import jax.numpy as jnp
-
-    from benchmarks.train_step import _time
+    from benchmarks.train_step import _matmul_seconds, step_flops
 
     B, D, S = size["mm"]
-    out = {}
-    for name, dtype, precision in (("bf16", jnp.bfloat16, "default"), ("fp32", jnp.float32, "highest")):
-        a = jax.random.normal(jax.random.key(0), (B, D), dtype)
-        b = jax.random.normal(jax.random.key(1), (D, S), dtype)
-        mm = jax.jit(lambda x, y, p=precision: jnp.matmul(x, y, precision=p))
-        out[f"{name}_tflops"] = 2 * B * D * S / _time(lambda: mm(a, b).block_until_ready(), 10) / 1e12
-    return out
+    flops = step_flops(D, S, B, 1)["matmul"]
+    return {f"{name}_tflops": flops / _matmul_seconds(D, S, B, 10, precision, dtype) / 1e12
+            for name, dtype, precision in (("bf16", "bfloat16", "default"), ("fp32", "float32", "highest"))}
 
 
 def step(size: dict, ceil: dict | None) -> dict:
     """Tokens/s and TFLOP/s of our relu and topk steps and of the eager PyTorch relu and topk steps
     (a step's TFLOP/s counts the work our step needs: the sparse decode for topk)."""
-    from benchmarks.train_step import _jax_step_seconds, _torch_step_seconds
+    from benchmarks.train_step import _jax_step_seconds, _torch_step_seconds, step_flops
 
     s, n = size["step"], size["step_iters"]
     D, S, B, k = s["d_in"], s["n_latents"], s["batch"], s["k"]
-    flops = {"jax_relu": 10 * B * D * S, "jax_topk": 2 * B * D * S + 12 * B * k * D}
-    flops |= {"torch_relu": flops["jax_relu"], "torch_topk": flops["jax_topk"]}
+    per_kind = step_flops(D, S, B, k)
+    flops = {f"{impl}_{kind}": per_kind[kind] for impl in ("jax", "torch") for kind in ("relu", "topk")}
     seconds = {"jax_relu": _jax_step_seconds("relu", D, S, B, k, n, "default"),
                "jax_topk": _jax_step_seconds("topk", D, S, B, k, n, "default")}
     try:
@@ -97,30 +90,21 @@ def step(size: dict, ceil: dict | None) -> dict:
 
 def feed(size: dict, workdir: Path) -> dict:
     """Write a synthetic cache to disk and train one epoch of the SAE from it through the device feed."""
-    import json
-
-    from benchmarks.cache_read import build_cache
+    from benchmarks.cache_read import DIM, GRID, build_cache, train_records
     from cache import open_cache
-    from mammosae_jax.models.sae import SAEConfig
     from mammosae_jax.training.config import TrainConfig
     from mammosae_jax.training.feed import window_mb
-    from mammosae_jax.training.loop import train
 
-    n_images = max(2, int(size["feed_gb"] * 1e9 / (48 * 29 * 2048 * 2)))
+    n_images = max(2, int(size["feed_gb"] * 1e9 / (GRID[0] * GRID[1] * DIM * 2)))
     t0 = time.perf_counter()
     build_cache(workdir / "feed_cache", n_images, shard_size=64)
     write_s = time.perf_counter() - t0
     c = open_cache(workdir / "feed_cache")
     n_latents, batch = size["feed_sae"]
     spe = c.n_tokens() // batch
-    log_every = max(1, spe // 4)
-    tc = TrainConfig(batch_size=batch, epochs=1, val_fraction=0.0, resample_every_epochs=0, log_every=log_every,
-                     checkpoint_every=10 * spe)
-    t0 = time.perf_counter()
-    train(c, workdir / "feed_run", SAEConfig(c.dim, n_latents, l1_coeff=1e-3), tc, progress=False)
-    wall = time.perf_counter() - t0
-    recs = [json.loads(line) for line in (workdir / "feed_run" / "metrics.jsonl").read_text().splitlines()]
-    recs = [r for r in recs if r.get("split") == "train"]
+    tc = TrainConfig(batch_size=batch, epochs=1, val_fraction=0.0, resample_every_epochs=0,
+                     log_every=max(1, spe // 4), checkpoint_every=10 * spe)
+    recs, wall = train_records(c, workdir / "feed_run", n_latents, tc)
     steady = recs[1:] or recs  # the first record holds the compilations and the first window's read
     return {"images": n_images, "cache_bytes": sum(p.stat().st_size for p in (workdir / "feed_cache").glob("*.h5")),
             "write_s": write_s, "steps": spe, "batch": batch, "n_latents": n_latents, "window_mb": window_mb(tc),

@@ -66,12 +66,19 @@ def _jax_step_seconds(variant: str, d_in: int, n_latents: int, batch: int, k: in
         return _time(one, steps)
 
 
-def _matmul_seconds(d_in: int, n_latents: int, batch: int, steps: int, precision: str) -> float:
+def step_flops(d_in: int, n_latents: int, batch: int, k: int) -> dict[str, int]:
+    """FLOPs of one training step (relu: dense encode, decode and their gradients; topk: dense
+    encode, the k-sparse decode and gradients) and of the (batch, d_in) @ (d_in, n_latents) matmul."""
+    B, D, S = batch, d_in, n_latents
+    return {"relu": 10 * B * D * S, "topk": 2 * B * D * S + 12 * B * k * D, "matmul": 2 * B * D * S}
+
+
+def _matmul_seconds(d_in: int, n_latents: int, batch: int, steps: int, precision: str, dtype: str = "float32") -> float:
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (batch, d_in), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (d_in, n_latents), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (batch, d_in), dtype)
+    b = jax.random.normal(jax.random.key(1), (d_in, n_latents), dtype)
     with jax.default_matmul_precision(precision):
         mm = jax.jit(jnp.matmul)
         return _time(lambda: mm(a, b).block_until_ready(), steps)
@@ -125,7 +132,8 @@ def run(preset: str = "cpu-small", steps: int | None = None, precision: str = "h
     shape = PRESETS[preset]
     D, S, B, k = shape["d_in"], shape["n_latents"], shape["batch"], shape["k"]
     steps = steps or (5 if preset == "cpu-small" else 20)
-    relu_flops, topk_flops, mm_flops = 10 * B * D * S, 2 * B * D * S + 12 * B * k * D, 2 * B * D * S
+    flops = step_flops(D, S, B, k)
+    relu_flops, topk_flops, mm_flops = flops["relu"], flops["topk"], flops["matmul"]
     t_mm = _matmul_seconds(D, S, B, steps, precision)
     t_relu = _jax_step_seconds("relu", D, S, B, k, steps, precision)
     t_topk = _jax_step_seconds("topk", D, S, B, k, steps, precision)
