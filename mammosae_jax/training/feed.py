@@ -270,6 +270,13 @@ class DeviceFeed:
         self._staging.close()
 
 
+def put_finite_batch(dp: DataParallel, tokens: np.ndarray, index: int) -> jax.Array:
+    """A host token batch on the devices as float32; NonFiniteBatch(index) if it holds NaN/inf."""
+    if not all_finite(tokens):
+        raise NonFiniteBatch(index)
+    return dp.put_batch(np.ascontiguousarray(tokens, np.float32))
+
+
 class StreamFeed:
     """The host stream as float32 global batches, from batch `start` (replayed up to it)."""
 
@@ -286,9 +293,7 @@ class StreamFeed:
     def __next__(self) -> jax.Array:
         tokens = next(self._it).tokens
         self.next_batch += 1
-        if not np.isfinite(tokens).all():
-            raise NonFiniteBatch(self.next_batch - 1)
-        return self.dp.put_batch(np.ascontiguousarray(tokens, np.float32))
+        return put_finite_batch(self.dp, tokens, self.next_batch - 1)
 
     def close(self) -> None:
         self.stream.close()

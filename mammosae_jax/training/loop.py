@@ -28,7 +28,8 @@ from mammosae_jax.models.variants import get_variant
 from mammosae_jax.training.checkpoint import Checkpointer
 from mammosae_jax.training.config import TrainConfig
 from mammosae_jax.training.data import DataError, DataSplit, batches_per_epoch, split_patients
-from mammosae_jax.training.feed import NonFiniteBatch, TrainFeed, non_finite_message, token_stream
+from mammosae_jax.training.feed import (NonFiniteBatch, TrainFeed, non_finite_message, put_finite_batch,
+                                         token_stream)
 from mammosae_jax.training.mesh import DataParallel, make_data_parallel
 from mammosae_jax.training.metric_window import load_window, save_window
 from mammosae_jax.training.resample import resample_dead, token_losses
@@ -60,9 +61,10 @@ class RunResult(NamedTuple):
 
 def finite_batch_on_devices(dp: DataParallel, tokens: np.ndarray, what: str, step: int, detail: str = "") -> jax.Array:
     """Place a token batch on the devices as float32; refuse one with NaN/inf, naming the step."""
-    if not np.isfinite(tokens).all():
-        raise TrainError(non_finite_message(what, step, detail))
-    return dp.put_batch(np.ascontiguousarray(tokens, np.float32))
+    try:
+        return put_finite_batch(dp, tokens, step)
+    except NonFiniteBatch:
+        raise TrainError(non_finite_message(what, step, detail)) from None
 
 
 def inference_config(config: SAEConfig, state: TrainState) -> SAEConfig:
