@@ -88,8 +88,7 @@ class CacheWriter:
         self._open: _OpenShard | None = None
         self._done = False  # a rank writer that found its work already merged
         self._closed = False
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = FolderLock(self.path, lock_name(self._tag)).acquire()
+        self._lock = FolderLock(self.path, lock_name(self._tag)).acquire()  # creates the folder (refuses a file)
         try:
             self._manifest_path = self.path / manifest_name(self._tag)
             self._manifest = self._start(overwrite)

@@ -141,3 +141,5 @@ def test_folder_lock_on_a_file_is_an_input_error(tmp_path):
     path.write_text("x")
     with pytest.raises(cache.CacheInputError, match=f"{path} is a file, not a folder; choose another output path"):
         FolderLock(path).acquire()
+    with pytest.raises(cache.CacheInputError, match=f"{path} is a file, not a folder; choose another output path"):
+        cache.CacheWriter(path, grid=(1, 1), dim=2, label_names=["y"])  # the writer's lock says so too
